@@ -1,0 +1,236 @@
+/*
+ * daemon.c - start-up order, privileges, signals, reload and clean exit.
+ *
+ * Start-up: load the config (exit 78 on error) -> raise the open-files limit
+ * -> bind every listener (as root if started as root) -> create the spool and
+ * hand it to [relay] user -> drop privileges -> recover the spool -> serve.
+ *
+ * SIGHUP reloads relay.ini: a bad file is logged and the running
+ * configuration kept.  Sessions in progress keep the configuration they
+ * started with.  SIGTERM/SIGINT stop accepting, give sessions in DATA a few
+ * seconds to finish, wait for in-flight spool commits and exit 0.
+ */
+#include <errno.h>
+#include <grp.h>
+#include <pwd.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <event2/event.h>
+
+#include "conf/conf.h"
+#include "relay/daemon.h"
+#include "relay/log.h"
+#include "relay/spool.h"
+#include "relay/util.h"
+#include "smtp/smtp_server.h"
+
+#define SHUTDOWN_GRACE_S 5
+#define FD_RESERVE 64 /* descriptors kept for spool files, logs, listeners */
+
+struct daemon {
+	struct event_base *base;
+	char *config_path;
+	struct smtp_server *srv;
+	struct spool *spool;
+	struct event *sig_term, *sig_int, *sig_hup;
+	int stopping;
+};
+
+static void apply_logging(const struct conf *conf)
+{
+	log_init("sesrelay", conf->log == CONF_LOG_SYSLOG);
+	log_set_level((enum log_level)conf->log_level);
+}
+
+static void raise_fd_limit(const struct conf *conf)
+{
+	struct rlimit rl;
+
+	if (getrlimit(RLIMIT_NOFILE, &rl) == -1)
+		return;
+	if (rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		if (setrlimit(RLIMIT_NOFILE, &rl) == -1)
+			log_warn("cannot raise the open-files limit to %llu",
+			    (unsigned long long)rl.rlim_max);
+	}
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 &&
+	    (rlim_t)conf->max_connections + FD_RESERVE > rl.rlim_cur)
+		log_warnx("max_connections = %d cannot be held: the open-files limit is %llu "
+			  "(raise it, e.g. LimitNOFILE=%d in the systemd unit, or lower "
+			  "max_connections)",
+		    conf->max_connections, (unsigned long long)rl.rlim_cur,
+		    conf->max_connections + FD_RESERVE);
+}
+
+/* Resolve [relay] user; with it, create the spool for it while still root. */
+static int prepare_user(const struct conf *conf, struct passwd *pw_out, int *have_user)
+{
+	struct passwd *pw;
+
+	*have_user = 0;
+	if (geteuid() != 0) {
+		if (conf->user)
+			log_warnx("[relay] user = %s ignored: not started as root", conf->user);
+		return 0;
+	}
+	if (conf->user == NULL) {
+		log_warnx("running as root: set [relay] user so a bug cannot cost the whole "
+			  "machine");
+		return 0;
+	}
+	if ((pw = getpwnam(conf->user)) == NULL) {
+		log_error("[relay] user %s does not exist", conf->user);
+		return -1;
+	}
+	*pw_out = *pw;
+	pw_out->pw_name = xstrdup(pw->pw_name);
+	*have_user = 1;
+	if (mkdir(conf->spool, 0700) == -1 && errno != EEXIST) {
+		log_warn("cannot create spool %s", conf->spool);
+		return -1;
+	}
+	if (chown(conf->spool, pw->pw_uid, pw->pw_gid) == -1) {
+		log_warn("cannot give spool %s to user %s", conf->spool, conf->user);
+		return -1;
+	}
+	return 0;
+}
+
+static int drop_privileges(const struct passwd *pw)
+{
+	if (setgroups(1, &pw->pw_gid) == -1 || setgid(pw->pw_gid) == -1 ||
+	    setuid(pw->pw_uid) == -1) {
+		log_warn("cannot drop privileges to %s", pw->pw_name);
+		return -1;
+	}
+	if (setuid(0) == 0) {
+		log_error("privileges were not dropped (setuid(0) still works)");
+		return -1;
+	}
+	log_info("running as user %s", pw->pw_name);
+	return 0;
+}
+
+static void on_stopped(void *arg)
+{
+	struct daemon *d = arg;
+
+	event_base_loopexit(d->base, NULL);
+}
+
+static void on_term(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	if (d->stopping) {
+		log_info("second stop signal: exiting now");
+		event_base_loopexit(d->base, NULL);
+		return;
+	}
+	d->stopping = 1;
+	log_info("stopping (signal %d): no new connections; %zu session(s) to finish",
+	    (int)sig, smtp_server_nsessions(d->srv));
+	smtp_server_shutdown(d->srv, SHUTDOWN_GRACE_S, on_stopped, d);
+}
+
+static void on_hup(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+	char err[1024];
+	struct conf *conf;
+
+	if (d->stopping)
+		return;
+	log_info("reloading %s", d->config_path);
+	if ((conf = conf_load(d->config_path, err, sizeof(err))) == NULL) {
+		log_error("reload failed, keeping the running configuration: %s", err);
+		return;
+	}
+	if (strcmp(conf->spool, spool_path(d->spool)) != 0)
+		log_warnx("spool changed to %s: takes effect only after a restart; still using %s",
+		    conf->spool, spool_path(d->spool));
+	apply_logging(conf);
+	if (smtp_server_reload(d->srv, conf, err, sizeof(err)) == -1) {
+		log_error("reload failed, keeping the running configuration: %s", err);
+		conf_free(conf);
+		return;
+	}
+	log_info("reloaded %s", d->config_path);
+}
+
+int daemon_run(const char *config_path)
+{
+	struct daemon d;
+	struct passwd pw;
+	struct conf *conf;
+	char err[1024];
+	int have_user, rc = 0;
+
+	memset(&d, 0, sizeof(d));
+	if ((conf = conf_load(config_path, err, sizeof(err))) == NULL) {
+		fprintf(stderr, "sesrelay: %s\n", err);
+		return 78;
+	}
+	apply_logging(conf);
+	signal(SIGPIPE, SIG_IGN);
+	raise_fd_limit(conf);
+
+	d.config_path = xstrdup(config_path);
+	d.base = event_base_new();
+	if (d.base == NULL)
+		fatalx("event_base_new failed");
+	d.srv = smtp_server_new(d.base, conf); /* owns conf from here */
+	if (smtp_server_bind(d.srv, err, sizeof(err)) == -1) {
+		log_error("%s", err);
+		rc = 1;
+		goto out;
+	}
+	if (prepare_user(conf, &pw, &have_user) == -1) {
+		rc = 1;
+		goto out;
+	}
+	if (have_user) {
+		int r = drop_privileges(&pw);
+		free(pw.pw_name);
+		if (r == -1) {
+			rc = 1;
+			goto out;
+		}
+	}
+	if ((d.spool = spool_open(d.base, conf->spool, err, sizeof(err))) == NULL) {
+		log_error("%s", err);
+		rc = 1;
+		goto out;
+	}
+	smtp_server_start(d.srv, d.spool);
+
+	d.sig_term = evsignal_new(d.base, SIGTERM, on_term, &d);
+	d.sig_int = evsignal_new(d.base, SIGINT, on_term, &d);
+	d.sig_hup = evsignal_new(d.base, SIGHUP, on_hup, &d);
+	evsignal_add(d.sig_term, NULL);
+	evsignal_add(d.sig_int, NULL);
+	evsignal_add(d.sig_hup, NULL);
+	log_info("sesrelay started (spool %s, max message size %llu bytes)", conf->spool,
+	    (unsigned long long)conf->max_message_size);
+
+	event_base_dispatch(d.base);
+	log_info("stopped");
+out:
+	if (d.sig_term) {
+		event_free(d.sig_term);
+		event_free(d.sig_int);
+		event_free(d.sig_hup);
+	}
+	smtp_server_free(d.srv);
+	spool_close(d.spool); /* waits for commits still in flight */
+	event_base_free(d.base);
+	free(d.config_path);
+	return rc;
+}
