@@ -74,6 +74,16 @@ struct spool {
 	uint32_t seq;
 	double space_checked;
 	uint64_t space_free;
+	spool_message_cb hook;
+	void *hook_arg;
+	struct recovered *found;   /* messages found by recovery, sorted */
+	size_t nfound;
+};
+
+struct recovered {
+	char id[SPOOL_ID_LEN + 1];
+	double arrival;
+	uint64_t size;
 };
 
 struct spool_writer {
@@ -83,6 +93,7 @@ struct spool_writer {
 	struct evbuffer *buf;
 	uint64_t env_size;    /* bytes of envelope, before the message */
 	uint64_t file_size;   /* bytes written to the file so far */
+	double arrival;
 	spool_commit_cb cb;
 	void *cbarg;
 };
@@ -126,7 +137,7 @@ static int open_subdir(int rootfd, const char *name)
 }
 
 /* Read and check a queue file; returns its size or -1 with a reason. */
-static int64_t validate_file(int dirfd, const char *name, const char **why)
+static int64_t validate_file(int dirfd, const char *name, const char **why, double *arrival)
 {
 	char head[sizeof(SPOOL_MAGIC)], tail[64], *line, *nl;
 	struct stat st;
@@ -164,6 +175,8 @@ static int64_t validate_file(int dirfd, const char *name, const char **why)
 			have_id = strncmp(line + 3, name, SPOOL_ID_LEN) == 0;
 		else if (strncmp(line, "sender ", 7) == 0)
 			have_sender = 1;
+		else if (strncmp(line, "arrival ", 8) == 0)
+			*arrival = strtod(line + 8, NULL);
 	}
 	free(line);
 	if (datapos == 0 || nrcpt == 0 || !have_id || !have_sender)
@@ -189,6 +202,38 @@ static int64_t validate_file(int dirfd, const char *name, const char **why)
 out:
 	fclose(f);
 	return ret;
+}
+
+static int cmp_recovered(const void *a, const void *b)
+{
+	const struct recovered *x = a, *y = b;
+
+	if (x->arrival != y->arrival)
+		return x->arrival < y->arrival ? -1 : 1;
+	return strcmp(x->id, y->id);
+}
+
+/* Orphaned state files (their message is gone) are leftovers of a crash
+ * between the two unlinks of spool_remove(). */
+static void remove_orphan_states(struct spool *sp)
+{
+	struct dirent *de;
+	DIR *d;
+	int fd, sfd;
+
+	if ((sfd = openat(sp->rootfd, "state", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		return;
+	if ((fd = dup(sfd)) == -1 || (d = fdopendir(fd)) == NULL) {
+		if (fd != -1)
+			close(fd);
+		close(sfd);
+		return;
+	}
+	while ((de = readdir(d)) != NULL)
+		if (de->d_name[0] != '.' && faccessat(sp->queuefd, de->d_name, F_OK, 0) == -1)
+			unlinkat(sfd, de->d_name, 0);
+	closedir(d);
+	close(sfd);
 }
 
 static int recover(struct spool *sp, char *err, size_t errlen)
@@ -219,13 +264,20 @@ static int recover(struct spool *sp, char *err, size_t errlen)
 	}
 	while ((de = readdir(d)) != NULL) {
 		const char *why = "not a queue file name";
+		double arrival = 0;
 		int64_t size;
 
 		if (de->d_name[0] == '.')
 			continue;
-		if (valid_id(de->d_name) && (size = validate_file(sp->queuefd, de->d_name, &why)) >= 0) {
+		if (valid_id(de->d_name) &&
+		    (size = validate_file(sp->queuefd, de->d_name, &why, &arrival)) >= 0) {
 			sp->nmessages++;
 			sp->nbytes += (uint64_t)size;
+			sp->found = xreallocarray(sp->found, sp->nfound + 1, sizeof(*sp->found));
+			memcpy(sp->found[sp->nfound].id, de->d_name, SPOOL_ID_LEN + 1);
+			sp->found[sp->nfound].arrival = arrival;
+			sp->found[sp->nfound].size = (uint64_t)size;
+			sp->nfound++;
 			continue;
 		}
 		int cfd = open_subdir(sp->rootfd, "corrupt");
@@ -241,8 +293,11 @@ static int recover(struct spool *sp, char *err, size_t errlen)
 		bad++;
 	}
 	closedir(d);
+	if (sp->nfound > 1)
+		qsort(sp->found, sp->nfound, sizeof(*sp->found), cmp_recovered);
 	if (bad)
 		fsync(sp->queuefd);
+	remove_orphan_states(sp);
 	log_info("spool %s: %zu message(s), %llu bytes queued", sp->path, sp->nmessages,
 	    (unsigned long long)sp->nbytes);
 	return 0;
@@ -300,6 +355,7 @@ void spool_close(struct spool *sp)
 		close(sp->tmpfd);
 	if (sp->queuefd != -1)
 		close(sp->queuefd);
+	free(sp->found);
 	free(sp->path);
 	free(sp);
 }
@@ -368,8 +424,9 @@ struct spool_writer *spool_writer_begin(struct spool *sp, const struct spool_env
 		return NULL;
 	}
 	w->buf = evbuffer_new();
+	w->arrival = util_now();
 	evbuffer_add_printf(w->buf, SPOOL_MAGIC "id %s\narrival %.6f\nclient %s\nhelo %s\n", w->id,
-	    util_now(), env->client, env->helo ? env->helo : "");
+	    w->arrival, env->client, env->helo ? env->helo : "");
 	if (env->auth_user)
 		evbuffer_add_printf(w->buf, "auth %s\n", env->auth_user);
 	evbuffer_add_printf(w->buf, "proto %s\nsender %s\n", env->proto ? env->proto : "SMTP",
@@ -424,6 +481,14 @@ static void writer_free(struct spool_writer *w)
 	free(w);
 }
 
+void spool_writer_discard(struct spool_writer *w)
+{
+	unlinkat(w->sp->tmpfd, w->id, 0);
+	if (w->fd != -1)
+		close(w->fd);
+	w->fd = -1;
+}
+
 void spool_writer_abort(struct spool_writer *w)
 {
 	if (w == NULL)
@@ -443,6 +508,8 @@ static void commit_done(void *arg, int error)
 		sp->nbytes += w->file_size;
 	}
 	w->cb(w->cbarg, w->id, error);
+	if (error == 0 && sp->hook)
+		sp->hook(sp->hook_arg, w->id, w->arrival, w->file_size);
 	w->fd = -1; /* closed by the sync job */
 	writer_free(w);
 }
@@ -484,4 +551,276 @@ size_t spool_queue_messages(const struct spool *sp)
 uint64_t spool_queue_bytes(const struct spool *sp)
 {
 	return sp->nbytes;
+}
+
+/* --- hooks --------------------------------------------------------------- */
+
+void spool_set_commit_hook(struct spool *sp, spool_message_cb cb, void *arg)
+{
+	sp->hook = cb;
+	sp->hook_arg = arg;
+}
+
+void spool_foreach(struct spool *sp, spool_message_cb cb, void *arg)
+{
+	size_t i;
+
+	for (i = 0; i < sp->nfound; i++)
+		cb(arg, sp->found[i].id, sp->found[i].arrival, sp->found[i].size);
+	free(sp->found);
+	sp->found = NULL;
+	sp->nfound = 0;
+}
+
+/* --- reading a queued message -------------------------------------------- */
+
+/*
+ * STATE FILE FORMAT (state/ID), append-only, one record per line:
+ *   sent IDX TEXT        recipient IDX (0-based, envelope order) accepted by SES
+ *   bounced IDX TEXT     recipient IDX failed permanently
+ *   dsn                  the bounce for this message is queued
+ *   hold / release       parked by the operator / un-parked
+ * A torn last line (no LF) is ignored: its result is simply not known.
+ */
+static void replay_state(struct spool *sp, struct spool_msg *m)
+{
+	char *line = NULL, *end;
+	size_t cap = 0;
+	ssize_t n;
+	FILE *f;
+	int fd, sfd;
+
+	if ((sfd = openat(sp->rootfd, "state", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		return;
+	fd = openat(sfd, m->id, O_RDONLY | O_CLOEXEC);
+	close(sfd);
+	if (fd == -1 || (f = fdopen(fd, "r")) == NULL) {
+		if (fd != -1)
+			close(fd);
+		return;
+	}
+	while ((n = getline(&line, &cap, f)) > 0) {
+		unsigned long idx;
+		int st = -1;
+
+		if (line[n - 1] != '\n')
+			break; /* torn */
+		line[n - 1] = '\0';
+		if (strcmp(line, "dsn") == 0) {
+			m->dsn_sent = 1;
+			continue;
+		}
+		if (strcmp(line, "hold") == 0 || strcmp(line, "release") == 0) {
+			m->hold = line[0] == 'h';
+			continue;
+		}
+		if (strncmp(line, "sent ", 5) == 0)
+			st = SPOOL_RCPT_SENT;
+		else if (strncmp(line, "bounced ", 8) == 0)
+			st = SPOOL_RCPT_BOUNCED;
+		else
+			continue;
+		idx = strtoul(strchr(line, ' ') + 1, &end, 10);
+		if (idx >= m->nrcpts)
+			continue;
+		m->rstate[idx] = (unsigned char)st;
+		free(m->rtext[idx]);
+		m->rtext[idx] = xstrdup(*end == ' ' ? end + 1 : "");
+	}
+	free(line);
+	fclose(f);
+}
+
+struct spool_msg *spool_msg_open(struct spool *sp, const char *id, char *err, size_t errlen)
+{
+	struct spool_msg *m;
+	char *line = NULL;
+	size_t cap = 0;
+	struct stat st;
+	ssize_t n;
+	FILE *f;
+	int fd;
+
+	if (!valid_id(id)) {
+		snprintf(err, errlen, "not a queue id: %s", id);
+		return NULL;
+	}
+	if ((fd = openat(sp->queuefd, id, O_RDONLY | O_CLOEXEC)) == -1) {
+		snprintf(err, errlen, "%s: %s", id, strerror(errno));
+		return NULL;
+	}
+	m = xcalloc(1, sizeof(*m));
+	memcpy(m->id, id, SPOOL_ID_LEN + 1);
+	m->fd = fd;
+	if (fstat(fd, &st) == -1 || (fd = dup(fd)) == -1 || (f = fdopen(fd, "r")) == NULL) {
+		snprintf(err, errlen, "%s: %s", id, strerror(errno));
+		spool_msg_close(m);
+		return NULL;
+	}
+	m->file_size = (uint64_t)st.st_size;
+	while ((n = getline(&line, &cap, f)) > 0 && ftell(f) <= SPOOL_HEADER_MAX) {
+		if (line[n - 1] == '\n')
+			line[--n] = '\0';
+		if (strcmp(line, "data") == 0) {
+			m->data_offset = (uint64_t)ftell(f);
+			break;
+		}
+		if (strncmp(line, "rcpt ", 5) == 0) {
+			m->rcpts = xreallocarray(m->rcpts, m->nrcpts + 1, sizeof(char *));
+			m->rcpts[m->nrcpts++] = xstrdup(line + 5);
+		} else if (strncmp(line, "sender ", 7) == 0)
+			m->sender = xstrdup(line + 7);
+		else if (strncmp(line, "arrival ", 8) == 0)
+			m->arrival = strtod(line + 8, NULL);
+		else if (strncmp(line, "client ", 7) == 0)
+			m->client = xstrdup(line + 7);
+		else if (strncmp(line, "helo ", 5) == 0)
+			m->helo = xstrdup(line + 5);
+		else if (strncmp(line, "auth ", 5) == 0)
+			m->auth = xstrdup(line + 5);
+	}
+	free(line);
+	fclose(f);
+	if (m->data_offset == 0 || m->sender == NULL || m->nrcpts == 0) {
+		snprintf(err, errlen, "%s: damaged queue file (no envelope)", id);
+		spool_msg_close(m);
+		return NULL;
+	}
+	{
+		/* "end N\n" closes the file: the message is what lies between. */
+		char buf[64];
+		off_t from = st.st_size > 63 ? st.st_size - 63 : 0;
+		ssize_t got = pread(m->fd, buf, (size_t)(st.st_size - from), from);
+		char *nl;
+		if (got <= 0 || buf[got - 1] != '\n') {
+			snprintf(err, errlen, "%s: damaged queue file (no end record)", id);
+			spool_msg_close(m);
+			return NULL;
+		}
+		buf[got - 1] = '\0';
+		nl = strrchr(buf, '\n');
+		if (nl == NULL || strncmp(nl + 1, "end ", 4) != 0) {
+			snprintf(err, errlen, "%s: damaged queue file (no end record)", id);
+			spool_msg_close(m);
+			return NULL;
+		}
+		m->data_len = strtoull(nl + 5, NULL, 10);
+		if (m->data_offset + m->data_len + strlen(nl + 1) + 1 != (uint64_t)st.st_size) {
+			snprintf(err, errlen, "%s: damaged queue file (size mismatch)", id);
+			spool_msg_close(m);
+			return NULL;
+		}
+	}
+	if (m->client == NULL)
+		m->client = xstrdup("");
+	if (m->helo == NULL)
+		m->helo = xstrdup("");
+	m->rstate = xcalloc(m->nrcpts, 1);
+	m->rtext = xcalloc(m->nrcpts, sizeof(char *));
+	replay_state(sp, m);
+	return m;
+}
+
+void spool_msg_close(struct spool_msg *m)
+{
+	size_t i;
+
+	if (m == NULL)
+		return;
+	if (m->fd != -1)
+		close(m->fd);
+	for (i = 0; i < m->nrcpts; i++) {
+		free(m->rcpts[i]);
+		if (m->rtext)
+			free(m->rtext[i]);
+	}
+	free(m->rcpts);
+	free(m->rtext);
+	free(m->rstate);
+	free(m->sender);
+	free(m->client);
+	free(m->helo);
+	free(m->auth);
+	free(m);
+}
+
+static int state_append(struct spool *sp, const char *id, const char *line)
+{
+	int sfd, fd;
+	size_t len = strlen(line);
+
+	if ((sfd = openat(sp->rootfd, "state", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		return -1;
+	fd = openat(sfd, id, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0600);
+	close(sfd);
+	if (fd == -1)
+		return -1;
+	if (write(fd, line, len) != (ssize_t)len) {
+		int e = errno;
+		close(fd);
+		errno = e ? e : ENOSPC;
+		return -1;
+	}
+	if (sp->sync)
+		spool_sync_fsync(sp->sync, fd); /* closes fd */
+	else {
+		fsync(fd);
+		close(fd);
+	}
+	return 0;
+}
+
+int spool_msg_record(struct spool *sp, struct spool_msg *m, size_t idx,
+    enum spool_rcpt_state st, const char *text)
+{
+	char line[512];
+	size_t i;
+
+	ASSERT(idx < m->nrcpts && st != SPOOL_RCPT_PENDING);
+	m->rstate[idx] = (unsigned char)st;
+	free(m->rtext[idx]);
+	m->rtext[idx] = xstrdup(text ? text : "");
+	snprintf(line, sizeof(line), "%s %zu %s", st == SPOOL_RCPT_SENT ? "sent" : "bounced", idx,
+	    text ? text : "");
+	for (i = 0; line[i]; i++)
+		if ((unsigned char)line[i] < 0x20)
+			line[i] = ' ';
+	/* a full buffer cuts the text, never the newline */
+	i = strlen(line);
+	if (i > sizeof(line) - 2)
+		i = sizeof(line) - 2;
+	line[i] = '\n';
+	line[i + 1] = '\0';
+	return state_append(sp, m->id, line);
+}
+
+int spool_msg_record_dsn(struct spool *sp, struct spool_msg *m)
+{
+	m->dsn_sent = 1;
+	return state_append(sp, m->id, "dsn\n");
+}
+
+int spool_remove(struct spool *sp, const char *id)
+{
+	struct stat st;
+	int sfd, r;
+
+	if (!valid_id(id)) {
+		errno = EINVAL;
+		return -1;
+	}
+	if (fstatat(sp->queuefd, id, &st, 0) == -1)
+		return -1;
+	/* The message goes first: a state file without its message is
+	 * cleaned up at start, a message without its state would be re-sent. */
+	if ((r = unlinkat(sp->queuefd, id, 0)) == -1)
+		return -1;
+	if ((sfd = openat(sp->rootfd, "state", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) != -1) {
+		unlinkat(sfd, id, 0);
+		close(sfd);
+	}
+	if (sp->nmessages > 0)
+		sp->nmessages--;
+	sp->nbytes = sp->nbytes >= (uint64_t)st.st_size ? sp->nbytes - (uint64_t)st.st_size : 0;
+	return 0;
 }

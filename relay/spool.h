@@ -55,6 +55,9 @@ struct evbuffer *spool_writer_buffer(struct spool_writer *w);
  * only for spool_writer_abort). */
 int spool_writer_flush(struct spool_writer *w, int force);
 uint64_t spool_writer_size(const struct spool_writer *w);
+/* Remove the temp file now (a write failed: give the space back at once);
+ * the writer stays allocated until spool_writer_abort(). */
+void spool_writer_discard(struct spool_writer *w);
 /* Remove the temp file and free the writer. */
 void spool_writer_abort(struct spool_writer *w);
 
@@ -63,6 +66,45 @@ void spool_writer_abort(struct spool_writer *w);
  * and the temp file is gone).  The writer is consumed either way. */
 typedef void (*spool_commit_cb)(void *arg, const char *id, int error);
 void spool_writer_commit(struct spool_writer *w, spool_commit_cb cb, void *arg);
+
+/* Called after every successful commit (and, through spool_foreach, for
+ * messages found at start): the scheduler's way to learn of new mail. */
+typedef void (*spool_message_cb)(void *arg, const char *id, double arrival, uint64_t size);
+void spool_set_commit_hook(struct spool *sp, spool_message_cb cb, void *arg);
+/* Every message recovered by spool_open(), oldest first. */
+void spool_foreach(struct spool *sp, spool_message_cb cb, void *arg);
+
+/* --- reading a queued message for delivery ------------------------------- */
+
+enum spool_rcpt_state { SPOOL_RCPT_PENDING, SPOOL_RCPT_SENT, SPOOL_RCPT_BOUNCED };
+
+struct spool_msg {
+	char id[SPOOL_ID_LEN + 1];
+	int fd;                      /* queue file, read-only */
+	uint64_t file_size;
+	double arrival;
+	char *sender;                /* "" for <> */
+	char *client, *helo, *auth;  /* auth NULL when not authenticated */
+	char **rcpts;
+	size_t nrcpts;
+	unsigned char *rstate;       /* enum spool_rcpt_state per recipient */
+	char **rtext;                /* last outcome text per recipient (or NULL) */
+	uint64_t data_offset, data_len;
+	int dsn_sent;                /* a bounce for this message is already queued */
+	int hold;
+};
+
+/* Open and parse queue/ID and replay state/ID.  NULL with a reason in err. */
+struct spool_msg *spool_msg_open(struct spool *sp, const char *id, char *err, size_t errlen);
+void spool_msg_close(struct spool_msg *m);
+/* Append a durable per-recipient result ("sent"/"bounced") to state/ID;
+ * made durable off the loop.  0 or -1 (errno). */
+int spool_msg_record(struct spool *sp, struct spool_msg *m, size_t idx,
+    enum spool_rcpt_state st, const char *text);
+/* Note that the bounce for m is queued (so a restart does not send it twice). */
+int spool_msg_record_dsn(struct spool *sp, struct spool_msg *m);
+/* Delete queue/ID and state/ID: the message is finished. */
+int spool_remove(struct spool *sp, const char *id);
 
 /* Number of commits handed off and not yet reported back. */
 size_t spool_commits_pending(const struct spool *sp);

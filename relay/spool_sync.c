@@ -61,7 +61,6 @@ struct spool_sync {
 	uint64_t renamed;      /* renames done so far */
 	uint64_t synced;       /* renames covered by a finished dir fsync */
 	int syncing;
-	int sync_error;
 };
 
 /* Make rename number `mine` durable, sharing directory fsyncs.  Called with
@@ -97,6 +96,10 @@ static void run_job(struct spool_sync *ss, struct sync_job *j)
 	if (close(j->fd) == -1 && err == 0)
 		err = errno;
 	j->fd = -1;
+	if (j->to[0] == '\0') { /* fsync-only job */
+		j->error = err;
+		return;
+	}
 	if (err == 0 && renameat(ss->dir_from, j->from, ss->dir_to, j->to) == -1)
 		err = errno;
 	if (err != 0) {
@@ -159,7 +162,8 @@ static void run_completions(struct spool_sync *ss)
 
 	while ((j = list) != NULL) {
 		list = j->next;
-		j->done(j->arg, j->error);
+		if (j->done)
+			j->done(j->arg, j->error);
 		free(j);
 	}
 }
@@ -214,6 +218,11 @@ void spool_sync_submit(struct spool_sync *ss, int fd, const char *from, const ch
 	ss->todo_tail = &j->next;
 	pthread_cond_signal(&ss->work);
 	pthread_mutex_unlock(&ss->lock);
+}
+
+void spool_sync_fsync(struct spool_sync *ss, int fd)
+{
+	spool_sync_submit(ss, fd, "", "", NULL, NULL);
 }
 
 void spool_sync_free(struct spool_sync *ss)

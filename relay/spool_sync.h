@@ -20,6 +20,9 @@ struct spool_sync *spool_sync_new(struct event_base *base, int dirfd_from, int d
  * error the source file has been unlinked. */
 void spool_sync_submit(struct spool_sync *ss, int fd, const char *from, const char *to,
     spool_sync_done done, void *arg);
+/* fsync fd and close it, off the loop; nothing is reported back (used for
+ * the append-only state files, where durability "soon" is what we need). */
+void spool_sync_fsync(struct spool_sync *ss, int fd);
 /* Finish queued jobs, stop the threads, run remaining completions, free. */
 void spool_sync_free(struct spool_sync *ss);
 

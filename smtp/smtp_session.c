@@ -221,23 +221,24 @@ static void reset_transaction(struct smtp_session *s)
 
 /* --- commands ------------------------------------------------------------ */
 
-static void greet(struct smtp_session *s, char *args, int esmtp)
+/* 1 when the greeting was accepted (and the transaction reset). */
+static int greet(struct smtp_session *s, char *args, int esmtp)
 {
 	if (!smtp_parse_helo(args)) {
 		reply(s, "501 5.5.4 Syntax: %s hostname", esmtp ? "EHLO" : "HELO");
 		too_many_errors(s);
-		return;
+		return 0;
 	}
 	snprintf(s->helo, sizeof(s->helo), "%s", args);
 	s->esmtp = esmtp;
 	reset_transaction(s);
 	enter_state(s, S_READY);
+	return 1;
 }
 
 static void cmd_ehlo(struct smtp_session *s, char *args)
 {
-	greet(s, args, 1);
-	if (s->state != S_READY)
+	if (!greet(s, args, 1))
 		return;
 	reply(s, "250-%s", cf(s)->hostname);
 	reply(s, "250-PIPELINING");
@@ -249,8 +250,7 @@ static void cmd_ehlo(struct smtp_session *s, char *args)
 
 static void cmd_helo(struct smtp_session *s, char *args)
 {
-	greet(s, args, 0);
-	if (s->state != S_READY)
+	if (!greet(s, args, 0))
 		return;
 	reply(s, "250 %s", cf(s)->hostname);
 	s->ok[C_HELO]++;
@@ -572,6 +572,7 @@ static int feed_data(struct smtp_session *s, struct evbuffer *in)
 		 * then answer 451; the partial file goes now. */
 		s->write_error = errno ? errno : EIO;
 		evbuffer_drain(spool_writer_buffer(s->writer), (size_t)-1);
+		spool_writer_discard(s->writer);
 	}
 	if (s->data.errors != 0)
 		evbuffer_drain(spool_writer_buffer(s->writer), (size_t)-1);
@@ -638,7 +639,8 @@ static void dispatch(struct smtp_session *s, char *line, struct evbuffer *in)
 
 /* Take one command line from in.  1: line in buf; 0: need more; -1: too long
  * (already answered and skipped). */
-static int next_line(struct smtp_session *s, struct evbuffer *in, char *buf, size_t bufsz)
+static int next_line(struct smtp_session *s, struct evbuffer *in, char *buf, size_t bufsz,
+    size_t *linelen)
 {
 	struct evbuffer_ptr eol;
 	size_t eol_len = 0, len;
@@ -664,15 +666,27 @@ static int next_line(struct smtp_session *s, struct evbuffer *in, char *buf, siz
 	evbuffer_remove(in, buf, len);
 	evbuffer_drain(in, eol_len);
 	buf[len] = '\0';
+	*linelen = len;
 	return 1;
 }
 
 static int skipping_long_line(struct smtp_session *s, struct evbuffer *in);
 
+static int has_control(const char *line, size_t len)
+{
+	size_t i;
+
+	for (i = 0; i < len; i++)
+		if (((unsigned char)line[i] < 0x20 && line[i] != '\t') || line[i] == 0x7f)
+			return 1;
+	return 0;
+}
+
 static void process_input(struct smtp_session *s)
 {
 	struct evbuffer *in, *out;
 	char line[SMTP_CMD_LINE_MAX + 1];
+	size_t len = 0;
 
 	if (s->dead || s->closing)
 		return;
@@ -690,7 +704,7 @@ static void process_input(struct smtp_session *s)
 		}
 		if (skipping_long_line(s, in))
 			break;
-		int r = next_line(s, in, line, sizeof(line));
+		int r = next_line(s, in, line, sizeof(line), &len);
 		if (r == 0)
 			break;
 		if (r < 0) {
@@ -700,8 +714,9 @@ static void process_input(struct smtp_session *s)
 				break;
 			continue;
 		}
-		/* NUL or other control bytes in a command are never legitimate */
-		if (strlen(line) != strcspn(line, "\r")) {
+		/* NUL, CR or other control bytes in a command are never legitimate;
+		 * a NUL must not cut the command short and let the prefix run. */
+		if (has_control(line, len)) {
 			reply(s, "500 5.5.2 Error: bad syntax (control character in command)");
 			if (too_many_errors(s))
 				break;
