@@ -5,10 +5,15 @@
  * -> bind every listener (as root if started as root) -> create the spool and
  * hand it to [relay] user -> drop privileges -> recover the spool -> serve.
  *
+ * Then the delivery side: the HTTP engine, the credentials chain (resolved
+ * in the background), the transport and the scheduler, which learns of every
+ * message already in the spool and of each new one as it is committed.
+ *
  * SIGHUP reloads relay.ini: a bad file is logged and the running
  * configuration kept.  Sessions in progress keep the configuration they
- * started with.  SIGTERM/SIGINT stop accepting, give sessions in DATA a few
- * seconds to finish, wait for in-flight spool commits and exit 0.
+ * started with.  SIGUSR1 retries every deferred message now.
+ * SIGTERM/SIGINT stop accepting, give sessions in DATA and SES calls in
+ * flight a few seconds to finish, wait for spool commits and exit 0.
  */
 #include <errno.h>
 #include <grp.h>
@@ -22,24 +27,44 @@
 #include <unistd.h>
 
 #include <event2/event.h>
+#include <openssl/crypto.h>
 
 #include "conf/conf.h"
 #include "relay/daemon.h"
 #include "relay/log.h"
+#include "relay/scheduler.h"
 #include "relay/spool.h"
+#include "relay/transport.h"
 #include "relay/util.h"
+#include "ses/ses_api.h"
+#include "ses/ses_creds.h"
+#include "ses/ses_http.h"
 #include "smtp/smtp_server.h"
 
 #define SHUTDOWN_GRACE_S 5
 #define FD_RESERVE 64 /* descriptors kept for spool files, logs, listeners */
+
+/* Credentials and the transport that uses them: replaced together when a
+ * reload changes [ses], freed together once the old transport is idle. */
+struct ses_stack {
+	struct daemon *d;
+	struct ses_creds *creds;
+	struct transport *t;
+};
 
 struct daemon {
 	struct event_base *base;
 	char *config_path;
 	struct smtp_server *srv;
 	struct spool *spool;
-	struct event *sig_term, *sig_int, *sig_hup;
+	struct ses_http *http;
+	struct ses_stack *stack;     /* current credentials + transport */
+	char *ses_settings;          /* what built it, to notice changes on reload */
+	struct scheduler *sched;
+	struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
+	struct event *stop_timer;
 	int stopping;
+	int waiting;             /* parts still finishing at shutdown */
 };
 
 static void apply_logging(const struct conf *conf)
@@ -122,6 +147,17 @@ static void on_stopped(void *arg)
 {
 	struct daemon *d = arg;
 
+	if (--d->waiting == 0)
+		event_base_loopexit(d->base, NULL);
+}
+
+static void on_stop_timeout(evutil_socket_t fd, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	log_info("shutdown: %zu SES call(s) still in flight abandoned; those messages stay "
+		 "queued",
+	    scheduler_in_flight(d->sched));
 	event_base_loopexit(d->base, NULL);
 }
 
@@ -135,9 +171,116 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 		return;
 	}
 	d->stopping = 1;
-	log_info("stopping (signal %d): no new connections; %zu session(s) to finish",
-	    (int)sig, smtp_server_nsessions(d->srv));
+	log_info("stopping (signal %d): no new connections; %zu session(s) and %zu SES call(s) to "
+		 "finish",
+	    (int)sig, smtp_server_nsessions(d->srv), scheduler_in_flight(d->sched));
+	struct timeval tv = {SHUTDOWN_GRACE_S + 1, 0};
+	d->stop_timer = evtimer_new(d->base, on_stop_timeout, d);
+	event_add(d->stop_timer, &tv);
+	d->waiting = 2;
 	smtp_server_shutdown(d->srv, SHUTDOWN_GRACE_S, on_stopped, d);
+	scheduler_stop(d->sched, on_stopped, d);
+}
+
+static void on_usr1(evutil_socket_t sig, short what, void *arg)
+{
+	struct daemon *d = arg;
+
+	scheduler_flush(d->sched);
+}
+
+static void on_queued(void *arg, const char *id, double arrival, uint64_t size)
+{
+	scheduler_add(arg, id, arrival);
+}
+
+static void on_creds_ready(void *arg, int ok, const char *err)
+{
+	struct ses_stack *st = arg;
+
+	if (ok)
+		log_info("AWS credentials from %s", ses_creds_source(st->creds));
+	else
+		log_warnx("%s; mail stays queued until credentials are available", err);
+}
+
+static void stack_release(void *arg)
+{
+	struct ses_stack *st = arg;
+
+	if (st->t)
+		st->t->free(st->t);
+	ses_creds_free(st->creds);
+	free(st);
+}
+
+/* Every [ses] setting the stack depends on, as one comparable string. */
+static char *ses_settings(const struct conf *c)
+{
+	return xasprintf("%d|%s|%d|%s|%s|%s|%s|%s|%d", (int)c->transport,
+	    c->region ? c->region : "", c->api_version, c->endpoint ? c->endpoint : "",
+	    c->configuration_set ? c->configuration_set : "", c->profile ? c->profile : "",
+	    c->access_key_id ? c->access_key_id : "",
+	    c->secret_access_key ? c->secret_access_key : "", c->concurrency);
+}
+
+/* Credentials + transport for conf; the transport is NULL (mail stays
+ * queued) when the configuration cannot deliver. */
+static struct ses_stack *stack_new(struct daemon *d, const struct conf *conf)
+{
+	struct ses_stack *st = xcalloc(1, sizeof(*st));
+
+	st->d = d;
+	st->creds = ses_creds_new(d->base, d->http, conf);
+	if (conf->transport == CONF_TRANSPORT_SMTP)
+		log_error("[ses] transport = smtp is not available in this version; use transport = "
+			  "api. Mail is accepted and stays queued.");
+	else if (conf->region == NULL)
+		log_error("no SES region: set [ses] region (or AWS_REGION). Mail is accepted and "
+			  "stays queued.");
+	else {
+		ses_creds_start(st->creds, on_creds_ready, st);
+		st->t = ses_api_transport_new(d->base, d->http, st->creds, conf);
+	}
+	return st;
+}
+
+/* The HTTP engine, credentials, transport and scheduler. */
+static void start_delivery(struct daemon *d, const struct conf *conf)
+{
+	d->http = ses_http_new(d->base, conf->ca_file, conf->concurrency);
+	d->stack = stack_new(d, conf);
+	d->ses_settings = ses_settings(conf);
+	d->sched = scheduler_new(d->base, d->spool, NULL, conf);
+	scheduler_set_transport(d->sched, d->stack->t, stack_release, d->stack);
+	spool_set_commit_hook(d->spool, on_queued, d->sched);
+	spool_foreach(d->spool, on_queued, d->sched);
+}
+
+/* Reload: rebuild credentials and transport when [ses] changed. */
+static void reload_delivery(struct daemon *d, const struct conf *conf)
+{
+	char *now = ses_settings(conf);
+
+	if (strcmp(now, d->ses_settings) == 0) {
+		OPENSSL_cleanse(now, strlen(now));
+		free(now);
+		return;
+	}
+	log_info("[ses] changed: new credentials and transport (calls in flight finish on the "
+		 "old ones)");
+	OPENSSL_cleanse(d->ses_settings, strlen(d->ses_settings));
+	free(d->ses_settings);
+	d->ses_settings = now;
+	d->stack = stack_new(d, conf);
+	if (d->stack->t == NULL) {
+		/* keep delivering with what works rather than stop */
+		log_warnx("the new [ses] settings cannot deliver; keeping the previous transport");
+		stack_release(d->stack);
+		d->stack = NULL;
+		return;
+	}
+	scheduler_set_transport(d->sched, d->stack->t, stack_release, d->stack);
 }
 
 static void on_hup(evutil_socket_t sig, short what, void *arg)
@@ -157,6 +300,8 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 		log_warnx("spool changed to %s: takes effect only after a restart; still using %s",
 		    conf->spool, spool_path(d->spool));
 	apply_logging(conf);
+	reload_delivery(d, conf);
+	scheduler_reconfigure(d->sched, conf);
 	if (smtp_server_reload(d->srv, conf, err, sizeof(err)) == -1) {
 		log_error("reload failed, keeping the running configuration: %s", err);
 		conf_free(conf);
@@ -209,14 +354,17 @@ int daemon_run(const char *config_path)
 		rc = 1;
 		goto out;
 	}
+	start_delivery(&d, conf);
 	smtp_server_start(d.srv, d.spool);
 
 	d.sig_term = evsignal_new(d.base, SIGTERM, on_term, &d);
 	d.sig_int = evsignal_new(d.base, SIGINT, on_term, &d);
 	d.sig_hup = evsignal_new(d.base, SIGHUP, on_hup, &d);
+	d.sig_usr1 = evsignal_new(d.base, SIGUSR1, on_usr1, &d);
 	evsignal_add(d.sig_term, NULL);
 	evsignal_add(d.sig_int, NULL);
 	evsignal_add(d.sig_hup, NULL);
+	evsignal_add(d.sig_usr1, NULL);
 	log_info("sesrelay started (spool %s, max message size %llu bytes)", conf->spool,
 	    (unsigned long long)conf->max_message_size);
 
@@ -227,7 +375,16 @@ out:
 		event_free(d.sig_term);
 		event_free(d.sig_int);
 		event_free(d.sig_hup);
+		event_free(d.sig_usr1);
 	}
+	if (d.stop_timer)
+		event_free(d.stop_timer);
+	scheduler_free(d.sched); /* and the transports with their credentials */
+	if (d.ses_settings) {
+		OPENSSL_cleanse(d.ses_settings, strlen(d.ses_settings));
+		free(d.ses_settings);
+	}
+	ses_http_free(d.http);
 	smtp_server_free(d.srv);
 	spool_close(d.spool); /* waits for commits still in flight */
 	event_base_free(d.base);
