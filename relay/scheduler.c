@@ -534,7 +534,7 @@ static void run(evutil_socket_t fd, short what, void *arg)
 		/* max_send_rate = auto: SES's MaxSendRate should arrive any moment;
 		 * sending at full speed before it does is what gets us throttled. */
 		double quota_left, rate = s->t->send_rate ? s->t->send_rate(s->t, &quota_left) : 0;
-		if (rate > 0 || now >= s->rate_wait_until || s->max_send_rate > 0) {
+		if (rate != 0 || now >= s->rate_wait_until || s->max_send_rate > 0) {
 			s->rate_wait_until = 0;
 			if (rate > 0 && s->max_send_rate == 0) {
 				ratelimit_set_ceiling(&s->rl, rate, now);

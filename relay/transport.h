@@ -56,8 +56,9 @@ struct transport {
 	void (*send)(struct transport *t, struct delivery *d);
 	/* Largest message the transport takes (0: unknown). */
 	uint64_t (*max_size)(struct transport *t);
-	/* SES's MaxSendRate in recipients/s when known (0: unknown).  Also
-	 * sets *quota_left to the 24-hour quota left (-1: unknown/unlimited). */
+	/* SES's MaxSendRate in recipients/s when known; 0 while the lookup is
+	 * under way, -1 when it failed.  Also sets *quota_left to the 24-hour
+	 * quota left (-1: unknown/unlimited). */
 	double (*send_rate)(struct transport *t, double *quota_left);
 	/* Stop: cancel deliveries in flight (their done() does not run). */
 	void (*free)(struct transport *t);

@@ -1424,7 +1424,7 @@ static double api_send_rate(struct transport *t, double *quota_left)
 	if (quota_left)
 		*quota_left = -1;
 	if (!api->account_known)
-		return 0;
+		return api->account_warned ? -1 : 0; /* failed: do not wait for it */
 	if (quota_left && a->max_24h >= 0)
 		*quota_left = a->max_24h > a->sent_24h ? a->max_24h - a->sent_24h : 0;
 	return a->max_send_rate;
