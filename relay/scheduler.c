@@ -857,7 +857,9 @@ void scheduler_set_transport(struct scheduler *s, struct transport *t,
 	struct call *c;
 	size_t n = 0;
 
-	if (s->t != NULL) {
+	if (s->t == NULL && s->release) {
+		s->release(s->release_arg); /* a stack that could not deliver */
+	} else if (s->t != NULL) {
 		for (c = s->calls; c; c = c->next)
 			n += c->t == s->t;
 		if (n == 0) {
@@ -941,7 +943,7 @@ void scheduler_free(struct scheduler *s)
 	if (s == NULL)
 		return;
 	/* Transports cancel their calls: no done() runs after this. */
-	if (s->t && s->release)
+	if (s->release)
 		s->release(s->release_arg);
 	else if (s->t)
 		s->t->free(s->t);

@@ -778,8 +778,12 @@ int spool_msg_record(struct spool *sp, struct spool_msg *m, size_t idx,
 
 	ASSERT(idx < m->nrcpts && st != SPOOL_RCPT_PENDING);
 	m->rstate[idx] = (unsigned char)st;
-	free(m->rtext[idx]);
-	m->rtext[idx] = xstrdup(text ? text : "");
+	if (text != m->rtext[idx]) { /* callers may pass m->rtext[idx] itself */
+		char *copy = xstrdup(text ? text : "");
+		free(m->rtext[idx]);
+		m->rtext[idx] = copy;
+	}
+	text = m->rtext[idx];
 	snprintf(line, sizeof(line), "%s %zu %s", st == SPOOL_RCPT_SENT ? "sent" : "bounced", idx,
 	    text ? text : "");
 	for (i = 0; line[i]; i++)
