@@ -460,9 +460,11 @@ def test_on_send_hook_sees_request_before_accept(fake):
     assert seen == [(RAW, ["bob@example.net"], 0)]
 
 
-def test_standalone(tmp_path):
+@pytest.mark.parametrize("engine", ["asyncio", "threads"])
+def test_standalone(engine):
     here = os.path.join(os.path.dirname(__file__), "lib", "fake_ses.py")
-    p = subprocess.Popen(["/usr/bin/python3", here, "--port", "0", "--latency", "0.05"],
+    p = subprocess.Popen(["/usr/bin/python3", here, "--port", "0", "--latency", "0.05",
+                          "--engine", engine],
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = p.stdout.readline()
@@ -475,9 +477,13 @@ def test_standalone(tmp_path):
         f.url = url
         assert v2_send(f)[0] == 200
         assert v1_send(f, dests=["carol@example.org"])[0] == 200
+        status, headers, body = v2_send(f, secret="wrong")
+        assert status == 403 and v2_error(headers, body)[0] == "SignatureDoesNotMatch"
+        status, _, body = send(sign("GET", url + "/v2/email/account"))
+        assert status == 200 and json.loads(body)["SendQuota"]["SentLast24Hours"] == 2
         with urllib.request.urlopen(url + "/_fake/stats", timeout=5) as r:
             stats = json.loads(r.read())
-        assert stats["accepted_messages"] == 2 and stats["sig_failures"] == 0
+        assert stats["accepted_messages"] == 2 and stats["sig_failures"] == 1
     finally:
         p.terminate()
         out, err = p.communicate(timeout=10)

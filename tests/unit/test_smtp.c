@@ -229,7 +229,7 @@ static void run_data_case(const struct data_case *c, size_t split1, int bytewise
 	      (!c->done || pos == (c->consumed ? c->consumed : len));
 	if (*ok && c->out != NULL) {
 		size_t n = evbuffer_get_length(out);
-		*ok = n == strlen(c->out) && memcmp(evbuffer_pullup(out, -1), c->out, n) == 0;
+		*ok = n == strlen(c->out) && (n == 0 || memcmp(evbuffer_pullup(out, -1), c->out, n) == 0);
 	}
 	if (!*ok)
 		fprintf(stderr, "data case '%s' (split %zu, bytewise %d): done=%d errors=%#x pos=%zu\n",
