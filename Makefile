@@ -14,7 +14,7 @@ CFLAGS  ?= -O2 -g
 WARN     = -Wall -Wextra -Werror -Wshadow -Wpointer-arith -Wno-unused-parameter
 CPPFLAGS = -std=c11 -D_GNU_SOURCE -I.
 LIBS     = -levent_core -levent_extra -levent_openssl -levent_pthreads \
-           -lssl -lcrypto -lcurl -linih -lpthread -lm
+           -lssl -lcrypto -lcurl -linih -lcrypt -lpthread -lm
 
 # Debian packages the build needs; installed by `make deps` when root.
 BUILD_DEBS = build-essential pkg-config libevent-dev libssl-dev libcurl4-openssl-dev libinih-dev

@@ -331,7 +331,13 @@ int daemon_run(const char *config_path)
 	d.base = event_base_new();
 	if (d.base == NULL)
 		fatalx("event_base_new failed");
-	d.srv = smtp_server_new(d.base, conf); /* owns conf from here */
+	d.srv = smtp_server_new(d.base, conf, err, sizeof(err)); /* owns conf from here */
+	if (d.srv == NULL) {
+		fprintf(stderr, "sesrelay: %s\n", err);
+		log_error("%s", err);
+		rc = 78;
+		goto out;
+	}
 	if (smtp_server_bind(d.srv, err, sizeof(err)) == -1) {
 		log_error("%s", err);
 		rc = 1;

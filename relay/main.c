@@ -11,6 +11,7 @@
 
 #include "conf/conf.h"
 #include "relay/daemon.h"
+#include "relay/users.h"
 
 #ifndef SESRELAY_VERSION
 #define SESRELAY_VERSION "0.1.0"
@@ -87,9 +88,10 @@ int main(int argc, char **argv)
 		printf("sesrelay %s\n", SESRELAY_VERSION);
 		return 0;
 	}
+	if (strcmp(cmd, "passwd") == 0)
+		return users_cli_passwd(argc, argv);
 	if (strcmp(cmd, "check") == 0 || strcmp(cmd, "queue") == 0 ||
-	    strcmp(cmd, "sendmail") == 0 || strcmp(cmd, "passwd") == 0 ||
-	    strcmp(cmd, "smtp-password") == 0) {
+	    strcmp(cmd, "sendmail") == 0 || strcmp(cmd, "smtp-password") == 0) {
 		fprintf(stderr, "sesrelay: '%s' is not available in this build yet\n", cmd);
 		return 1;
 	}

@@ -11,7 +11,9 @@
  * the data for us while a downstream server sees it differently - the
  * smuggling bug this design exists to prevent.
  */
+#include <stdio.h>
 #include <string.h>
+#include <strings.h>
 
 #include <event2/buffer.h>
 
@@ -25,6 +27,38 @@ void smtp_data_init(struct smtp_data *d, uint64_t max_size)
 	memset(d, 0, sizeof(*d));
 	d->state = ST_BOL;
 	d->max_size = max_size;
+	d->in_headers = 1;
+}
+
+/* A complete header line (without CRLF) in d->hline: note what we need. */
+static void header_line(struct smtp_data *d)
+{
+	const char *l = d->hline, *colon;
+	size_t n = d->hlen;
+
+	d->hline[n] = '\0';
+	if (n > 0 && (l[0] == ' ' || l[0] == '\t')) { /* folded continuation */
+		if (d->last_was_from) {
+			size_t have = strlen(d->from);
+			snprintf(d->from + have, sizeof(d->from) - have, "%s", l);
+		}
+		return;
+	}
+	d->last_was_from = 0;
+	colon = memchr(l, ':', n);
+	if (colon == NULL)
+		return;
+	n = (size_t)(colon - l);
+	while (n > 0 && (l[n - 1] == ' ' || l[n - 1] == '\t'))
+		n--;
+	if (n == 4 && strncasecmp(l, "From", 4) == 0) {
+		snprintf(d->from, sizeof(d->from), "%s", colon + 1);
+		d->has_from++;
+		d->last_was_from = 1;
+	} else if (n == 10 && strncasecmp(l, "Message-ID", 10) == 0)
+		d->has_message_id = 1;
+	else if (n == 4 && strncasecmp(l, "Date", 4) == 0)
+		d->has_date = 1;
 }
 
 static void emit(struct smtp_data *d, struct evbuffer *out, const unsigned char *p, size_t n)
@@ -49,6 +83,33 @@ size_t smtp_data_feed(struct smtp_data *d, const unsigned char *in, size_t len,
 
 		if (++d->linelen > SMTP_TEXT_LINE_MAX)
 			d->errors |= SMTP_DATA_LONG_LINE;
+		if (d->in_headers) {
+			if (d->state == ST_BOL && c == '\r') {
+				/* maybe the blank line: hold the CR back */
+				emit(d, out, in + from, i - from);
+				from = i + 1;
+				d->blank_pending = 1;
+				d->state = ST_CR;
+				continue;
+			}
+			if (d->blank_pending && d->state == ST_CR) {
+				d->blank_pending = 0;
+				if (c == '\n') { /* end of headers: CRLF consumed, not produced */
+					d->in_headers = 0;
+					d->header_end = 1;
+					d->state = ST_BOL;
+					d->linelen = 0;
+					return i + 1;
+				}
+				d->errors |= SMTP_DATA_BARE_CR;
+				d->state = ST_TEXT;
+			} else if (d->state == ST_CR && c == '\n') {
+				header_line(d);
+				d->hlen = 0;
+			} else if (c != '\r' && !(d->state == ST_BOL && c == '.') &&
+				   d->hlen < sizeof(d->hline) - 1)
+				d->hline[d->hlen++] = (char)c;
+		}
 		switch (d->state) {
 		case ST_BOL:
 			if (c == '.') {

@@ -21,16 +21,36 @@
 #include <event2/event.h>
 #include <event2/listener.h>
 
+#include <openssl/ssl.h>
+
 #include "conf/conf.h"
 #include "relay/log.h"
 #include "relay/netaddr.h"
+#include "relay/users.h"
 #include "relay/util.h"
+#include "relay/workq.h"
 #include "smtp/smtp_server.h"
 #include "smtp/smtp_session.h"
+#include "smtp/tls.h"
 
 #define IPTABLE_SIZE 4096
 #define LISTEN_BACKLOG 4096
 #define ACCEPT_PAUSE_S 1
+#define AUTH_THREADS 2
+/* Brute-force defence: this many failed AUTHs from one address within the
+ * window lock the address out (421 at connect) for AUTH_LOCK_S. */
+#define AUTH_FAIL_LIMIT 10
+#define AUTH_FAIL_WINDOW_S 600
+#define AUTH_LOCK_S 900
+#define AUTH_TABLE_PRUNE 10000
+
+struct authfail {
+	struct authfail *next;
+	unsigned char key[17];
+	int failures;
+	time_t window_start;
+	time_t locked_until;
+};
 
 struct ipcount {
 	struct ipcount *next;
@@ -55,6 +75,9 @@ struct smtp_server {
 	struct smtp_session *sessions;
 	size_t nsessions;
 	struct ipcount *iptable[IPTABLE_SIZE];
+	struct authfail *authtable[IPTABLE_SIZE];
+	size_t nauth;
+	struct workq *workq;
 	int stopping;
 	struct event *grace_timer;
 	void (*stopped)(void *);
@@ -63,9 +86,27 @@ struct smtp_server {
 
 /* --- configuration references ------------------------------------------- */
 
-static struct smtp_config *config_new(struct conf *conf)
+/* conf plus what is loaded from files it names; NULL with err on error (conf
+ * is not freed then). */
+static struct smtp_config *config_new(struct conf *conf, char *err, size_t errlen)
 {
 	struct smtp_config *c = xcalloc(1, sizeof(*c));
+	size_t i;
+	int need_tls = 0;
+
+	for (i = 0; i < conf->nlisteners; i++)
+		need_tls |= conf->listeners[i].tls != CONF_TLS_NONE;
+	if (need_tls &&
+	    (c->tls_ctx = tls_server_ctx(conf->tls_certificate, conf->tls_private_key, err,
+		 errlen)) == NULL) {
+		free(c);
+		return NULL;
+	}
+	if (conf->users_file && (c->users = users_load(conf->users_file, err, errlen)) == NULL) {
+		SSL_CTX_free(c->tls_ctx);
+		free(c);
+		return NULL;
+	}
 	c->conf = conf;
 	c->refs = 1;
 	return c;
@@ -82,6 +123,8 @@ void smtp_config_unref(struct smtp_config *c)
 	if (c == NULL || --c->refs > 0)
 		return;
 	conf_free(c->conf);
+	SSL_CTX_free(c->tls_ctx);
+	users_free(c->users);
 	free(c);
 }
 
@@ -140,14 +183,106 @@ static void ip_add(struct smtp_server *srv, const struct sockaddr *sa, int delta
 	}
 }
 
+/* --- failed logins per address ------------------------------------------ */
+
+static struct authfail **auth_find(struct smtp_server *srv, const unsigned char key[17])
+{
+	struct authfail **pp = &srv->authtable[ip_hash(key)];
+
+	while (*pp && memcmp((*pp)->key, key, 17) != 0)
+		pp = &(*pp)->next;
+	return pp;
+}
+
+static void auth_prune(struct smtp_server *srv, time_t now)
+{
+	size_t i;
+
+	for (i = 0; i < IPTABLE_SIZE; i++) {
+		struct authfail **pp = &srv->authtable[i];
+		while (*pp) {
+			struct authfail *a = *pp;
+			if (a->locked_until <= now && now - a->window_start > AUTH_FAIL_WINDOW_S) {
+				*pp = a->next;
+				free(a);
+				srv->nauth--;
+			} else
+				pp = &a->next;
+		}
+	}
+}
+
+void smtp_server_auth_failure(struct smtp_server *srv, const struct sockaddr *sa)
+{
+	unsigned char key[17];
+	time_t now = time(NULL);
+	struct authfail **pp, *a;
+	char ip[64];
+
+	if (netaddr_key(sa, key) == -1)
+		return;
+	if (srv->nauth > AUTH_TABLE_PRUNE)
+		auth_prune(srv, now);
+	pp = auth_find(srv, key);
+	if ((a = *pp) == NULL) {
+		a = *pp = xcalloc(1, sizeof(*a));
+		memcpy(a->key, key, 17);
+		a->window_start = now;
+		srv->nauth++;
+	}
+	if (now - a->window_start > AUTH_FAIL_WINDOW_S) {
+		a->window_start = now;
+		a->failures = 0;
+	}
+	if (++a->failures >= AUTH_FAIL_LIMIT && a->locked_until <= now) {
+		a->locked_until = now + AUTH_LOCK_S;
+		netaddr_ntop(sa, ip, sizeof(ip));
+		log_warnx("%s locked out for %d s after %d failed logins in %d s", ip, AUTH_LOCK_S,
+		    a->failures, AUTH_FAIL_WINDOW_S);
+	}
+}
+
+void smtp_server_auth_success(struct smtp_server *srv, const struct sockaddr *sa)
+{
+	unsigned char key[17];
+	struct authfail **pp, *a;
+
+	if (netaddr_key(sa, key) == -1)
+		return;
+	pp = auth_find(srv, key);
+	if ((a = *pp) != NULL && a->locked_until <= time(NULL)) {
+		*pp = a->next;
+		free(a);
+		srv->nauth--;
+	}
+}
+
+int smtp_server_locked_out(struct smtp_server *srv, const struct sockaddr *sa)
+{
+	unsigned char key[17];
+	struct authfail *a;
+
+	if (netaddr_key(sa, key) == -1)
+		return 0;
+	a = *auth_find(srv, key);
+	return a != NULL && a->locked_until > time(NULL);
+}
+
+struct workq *smtp_server_workq(struct smtp_server *srv)
+{
+	return srv->workq;
+}
+
 /* --- accept -------------------------------------------------------------- */
 
-static void refuse(int fd, const char *hostname, const char *why)
+/* A connection we will not serve: 421 and close (just close on implicit
+ * TLS, where clear text would be garbage to the client). */
+static void refuse(int fd, const struct conf_listener *cl, const char *hostname, const char *why)
 {
 	char buf[256];
 	int n = snprintf(buf, sizeof(buf), "421 4.7.0 %s Error: %s\r\n", hostname, why);
 
-	if (n > 0 && (size_t)n < sizeof(buf)) {
+	if (cl->tls != CONF_TLS_IMPLICIT && n > 0 && (size_t)n < sizeof(buf)) {
 		ssize_t w = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
 		(void)w; /* best effort: the client is refused either way */
 	}
@@ -168,11 +303,16 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 		return;
 	}
 	netaddr_ntop(sa, ip, sizeof(ip));
+	if (smtp_server_locked_out(srv, sa)) {
+		log_info("connect from unknown[%s]: refused: locked out after failed logins", ip);
+		refuse(fd, l->cl, conf->hostname, "too many failed logins from your address; try later");
+		return;
+	}
 	if (srv->nsessions >= (size_t)conf->max_connections) {
 		log_warnx("connect from unknown[%s]: refused: %zu connections reached "
 			  "(max_connections)",
 		    ip, srv->nsessions);
-		refuse(fd, conf->hostname, "too many connections");
+		refuse(fd, l->cl, conf->hostname, "too many connections");
 		return;
 	}
 	trusted = netaddr_match(l->cl->networks, l->cl->nnetworks, sa);
@@ -181,7 +321,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 		log_warnx("connect from unknown[%s]: refused: too many connections from this "
 			  "address (max_connections_per_ip = %d)",
 		    ip, conf->max_connections_per_ip);
-		refuse(fd, conf->hostname, "too many connections from your address");
+		refuse(fd, l->cl, conf->hostname, "too many connections from your address");
 		return;
 	}
 	if (per_ip)
@@ -285,12 +425,20 @@ static void listener_stop(struct listener *l)
 	l->fd = -1;
 }
 
-struct smtp_server *smtp_server_new(struct event_base *base, struct conf *conf)
+struct smtp_server *smtp_server_new(struct event_base *base, struct conf *conf, char *err,
+    size_t errlen)
 {
-	struct smtp_server *srv = xcalloc(1, sizeof(*srv));
+	struct smtp_server *srv;
+	struct smtp_config *cfg = config_new(conf, err, errlen);
 
+	if (cfg == NULL) {
+		conf_free(conf);
+		return NULL;
+	}
+	srv = xcalloc(1, sizeof(*srv));
 	srv->base = base;
-	srv->cfg = config_new(conf);
+	srv->cfg = cfg;
+	srv->workq = workq_new(base, AUTH_THREADS);
 	return srv;
 }
 
@@ -327,8 +475,13 @@ static int same_address(const struct conf_listener *a, const struct conf_listene
 
 int smtp_server_reload(struct smtp_server *srv, struct conf *conf, char *err, size_t errlen)
 {
-	struct listener *nl = xcalloc(conf->nlisteners, sizeof(*nl));
+	struct smtp_config *cfg = config_new(conf, err, errlen);
+	struct listener *nl;
 	size_t i, j;
+
+	if (cfg == NULL)
+		return -1;
+	nl = xcalloc(conf->nlisteners, sizeof(*nl));
 
 	/* Bind what is new first: if that fails, nothing changes. */
 	for (i = 0; i < conf->nlisteners; i++) {
@@ -344,6 +497,8 @@ int smtp_server_reload(struct smtp_server *srv, struct conf *conf, char *err, si
 				if (nl[j].fd != -1)
 					close(nl[j].fd);
 			free(nl);
+			cfg->conf = NULL; /* the caller frees conf */
+			smtp_config_unref(cfg);
 			return -1;
 		}
 	}
@@ -372,7 +527,7 @@ int smtp_server_reload(struct smtp_server *srv, struct conf *conf, char *err, si
 	srv->listeners = nl;
 	srv->nlisteners = conf->nlisteners;
 	smtp_config_unref(srv->cfg);
-	srv->cfg = config_new(conf);
+	srv->cfg = cfg;
 	for (i = 0; i < srv->nlisteners; i++)
 		if (nl[i].evl == NULL)
 			listener_start(srv, &nl[i]);
@@ -426,12 +581,19 @@ void smtp_server_free(struct smtp_server *srv)
 	free(srv->listeners);
 	if (srv->grace_timer)
 		event_free(srv->grace_timer);
-	for (i = 0; i < IPTABLE_SIZE; i++)
+	for (i = 0; i < IPTABLE_SIZE; i++) {
 		while (srv->iptable[i]) {
 			struct ipcount *e = srv->iptable[i];
 			srv->iptable[i] = e->next;
 			free(e);
 		}
+		while (srv->authtable[i]) {
+			struct authfail *a = srv->authtable[i];
+			srv->authtable[i] = a->next;
+			free(a);
+		}
+	}
+	workq_free(srv->workq); /* runs pending auth_done()s: sessions are gone */
 	smtp_config_unref(srv->cfg);
 	free(srv);
 }

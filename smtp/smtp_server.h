@@ -17,16 +17,24 @@ struct conf;
 struct conf_listener;
 struct event_base;
 struct spool;
+struct users;
+struct workq;
+struct ssl_ctx_st;
 struct smtp_server;
 struct smtp_session;
 
 /* A configuration shared by the sessions started under it. */
 struct smtp_config {
 	struct conf *conf;
+	struct ssl_ctx_st *tls_ctx;   /* SSL_CTX when a listener uses TLS */
+	struct users *users;          /* [users] file, when set */
 	int refs;
 };
 
-struct smtp_server *smtp_server_new(struct event_base *base, struct conf *conf);
+/* Loads the TLS certificate and the users file too; NULL with err on error
+ * (conf is freed then). */
+struct smtp_server *smtp_server_new(struct event_base *base, struct conf *conf, char *err,
+    size_t errlen);
 /* Bind and listen on every configured address (needs privileges for <1024). */
 int smtp_server_bind(struct smtp_server *srv, char *err, size_t errlen);
 /* Start accepting, queueing into sp. */
@@ -48,5 +56,11 @@ void smtp_server_session_gone(struct smtp_server *srv, struct smtp_session *s,
 struct spool *smtp_server_spool(struct smtp_server *srv);
 struct event_base *smtp_server_base(struct smtp_server *srv);
 int smtp_server_stopping(const struct smtp_server *srv);
+struct workq *smtp_server_workq(struct smtp_server *srv);
+/* Brute-force defence: count a failed/successful AUTH from sa's address;
+ * locked_out() is 1 while that address is refused. */
+void smtp_server_auth_failure(struct smtp_server *srv, const struct sockaddr *sa);
+void smtp_server_auth_success(struct smtp_server *srv, const struct sockaddr *sa);
+int smtp_server_locked_out(struct smtp_server *srv, const struct sockaddr *sa);
 
 #endif

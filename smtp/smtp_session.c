@@ -27,23 +27,33 @@
 
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
+#include <openssl/crypto.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/ssl.h>
 
 #include "conf/conf.h"
 #include "relay/log.h"
 #include "relay/netaddr.h"
 #include "relay/spool.h"
+#include "relay/users.h"
 #include "relay/util.h"
+#include "relay/workq.h"
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_parse.h"
 #include "smtp/smtp_server.h"
 #include "smtp/smtp_session.h"
+#include "smtp/tls.h"
 
 #define INPUT_MAX       (256 * 1024) /* unprocessed input before we stop reading */
 #define OUTPUT_MAX      (64 * 1024)  /* queued replies before we stop processing */
 #define READ_MAX        (64 * 1024)  /* one read(2) */
 #define ERROR_LIMIT     20           /* Postfix smtpd_hard_error_limit */
 #define CLOSE_FLUSH_S   10           /* time to deliver the last reply */
+#define AUTH_LINE_MAX   SMTP_CMD_LINE_MAX
+#define AUTH_DELAY_MAX  16           /* seconds: the longest penalty for a bad password */
 
 enum smtp_state {
 	S_INIT,   /* before HELO/EHLO */
@@ -101,6 +111,16 @@ struct smtp_session {
 	struct spool_writer *writer;
 	struct smtp_data data;
 	int write_error;
+
+	/* TLS and authentication */
+	int tls;                   /* TLS is on */
+	const struct user *user;   /* authenticated user (in cfg's users) */
+	char auth_name[256];       /* the name it authenticated as */
+	int auth_step;             /* AUTH dialogue: see auth_continue() */
+	char auth_login_user[256];
+	int auth_failures;         /* in this session */
+	struct auth_job *auth_job; /* password check in flight */
+	struct event *auth_timer;  /* the penalty delay before 535 */
 
 	/* per-command statistics for the disconnect line: ok/total */
 	unsigned ok[C_COUNT], total[C_COUNT];
@@ -221,6 +241,16 @@ static void reset_transaction(struct smtp_session *s)
 
 /* --- commands ------------------------------------------------------------ */
 
+/* AUTH is offered under TLS, or in clear only on a loopback connection to a
+ * tls = none listener (the password never leaves the host: a local TLS
+ * terminator or an app on the same machine). */
+static int auth_offered(const struct smtp_session *s)
+{
+	if (s->l->auth == CONF_AUTH_OFF || s->cfg->users == NULL || s->user != NULL)
+		return 0;
+	return s->tls || (s->l->tls == CONF_TLS_NONE && netaddr_is_loopback((struct sockaddr *)&s->peer));
+}
+
 /* 1 when the greeting was accepted (and the transaction reset). */
 static int greet(struct smtp_session *s, char *args, int esmtp)
 {
@@ -244,6 +274,10 @@ static void cmd_ehlo(struct smtp_session *s, char *args)
 	reply(s, "250-PIPELINING");
 	reply(s, "250-SIZE %llu", (unsigned long long)cf(s)->max_message_size);
 	reply(s, "250-8BITMIME");
+	if (s->l->tls == CONF_TLS_STARTTLS && !s->tls)
+		reply(s, "250-STARTTLS");
+	if (auth_offered(s))
+		reply(s, "250-AUTH PLAIN LOGIN");
 	reply(s, "250 ENHANCEDSTATUSCODES");
 	s->ok[C_EHLO]++;
 }
@@ -258,7 +292,8 @@ static void cmd_helo(struct smtp_session *s, char *args)
 
 static int relay_allowed(const struct smtp_session *s)
 {
-	/* Authentication arrives with TLS (issue 4); until then only networks. */
+	if (s->user != NULL)
+		return 1;
 	return s->l->auth != CONF_AUTH_REQUIRED && s->trusted;
 }
 
@@ -289,8 +324,22 @@ static void cmd_mail(struct smtp_session *s, char *args)
 		return;
 	}
 	if (s->l->auth != CONF_AUTH_OFF && !relay_allowed(s)) {
-		reply(s, "530 5.7.0 Authentication required");
-		log_reject(s, "MAIL", NULL, "530 5.7.0 Authentication required");
+		if (s->l->tls == CONF_TLS_STARTTLS && !s->tls) {
+			reply(s, "530 5.7.0 Must issue a STARTTLS command first");
+			log_reject(s, "MAIL", NULL, "530 5.7.0 Must issue a STARTTLS command first");
+		} else {
+			reply(s, "530 5.7.0 Authentication required");
+			log_reject(s, "MAIL", NULL, "530 5.7.0 Authentication required");
+		}
+		too_many_errors(s);
+		return;
+	}
+	if (s->user != NULL && !users_sender_allowed(s->user, m.addr)) {
+		reply(s, "553 5.7.1 <%s>: Sender address rejected: not owned by user %s", m.addr,
+		    s->auth_name);
+		log_info("NOQUEUE: reject: MAIL from %s: 553 5.7.1 <%s>: Sender address rejected: not "
+			 "owned by user %s; sasl_username=%s",
+		    s->name, m.addr, s->auth_name, s->auth_name);
 		too_many_errors(s);
 		return;
 	}
@@ -374,7 +423,12 @@ static void cmd_data(struct smtp_session *s, char *args)
 	struct spool_envelope env;
 	struct evbuffer *buf;
 	char date[64], client[400];
-	const char *proto = s->esmtp ? "ESMTP" : "SMTP";
+	/* RFC 3848: ESMTPS (TLS), ESMTPA (AUTH), ESMTPSA (both) */
+	const char *proto = !s->esmtp ? "SMTP"
+			    : s->tls && s->user ? "ESMTPSA"
+			    : s->tls ? "ESMTPS"
+			    : s->user ? "ESMTPA"
+				     : "ESMTP";
 
 	if (*args) {
 		reply(s, "501 5.5.4 Syntax: DATA");
@@ -389,13 +443,18 @@ static void cmd_data(struct smtp_session *s, char *args)
 	env.client = client;
 	env.helo = s->helo;
 	env.proto = proto;
+	env.auth_user = s->user ? s->auth_name : NULL;
 	s->writer = spool_writer_begin(smtp_server_spool(s->srv), &env);
 	if (s->writer == NULL) {
 		log_warn("NOQUEUE: cannot create queue file for %s", s->name);
 		reply(s, "451 4.3.0 Error: queue file write error");
 		return;
 	}
-	log_info("%s: client=%s", spool_writer_id(s->writer), s->name);
+	if (s->user)
+		log_info("%s: client=%s, sasl_username=%s", spool_writer_id(s->writer), s->name,
+		    s->auth_name);
+	else
+		log_info("%s: client=%s", spool_writer_id(s->writer), s->name);
 
 	/* Received: the trace header every relay prepends (RFC 5321 4.4). */
 	buf = spool_writer_buffer(s->writer);
@@ -461,16 +520,303 @@ static void cmd_help(struct smtp_session *s, char *args)
 	s->ok[C_HELP]++;
 }
 
+static void install_callbacks(struct smtp_session *s);
+
 static void cmd_starttls(struct smtp_session *s, char *args)
 {
-	reply(s, "502 5.5.1 Error: STARTTLS is not enabled on this listener");
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+	struct bufferevent *tbev;
+	size_t junk;
+	SSL *ssl;
+
+	if (s->l->tls != CONF_TLS_STARTTLS || s->cfg->tls_ctx == NULL) {
+		reply(s, "502 5.5.1 Error: STARTTLS is not enabled on this listener");
+		too_many_errors(s);
+		return;
+	}
+	if (s->tls) {
+		reply(s, "503 5.5.1 Error: TLS already active");
+		too_many_errors(s);
+		return;
+	}
+	if (*args) {
+		reply(s, "501 5.5.4 Syntax: STARTTLS");
+		too_many_errors(s);
+		return;
+	}
+	if ((ssl = SSL_new(s->cfg->tls_ctx)) == NULL) {
+		char e[256];
+		log_warnx("STARTTLS from %s: %s", s->name, tls_error(e, sizeof(e)));
+		reply(s, "454 4.7.0 TLS not available due to local problem");
+		return;
+	}
+	reply(s, "220 2.0.0 Ready to start TLS");
+	/* CVE-2011-0411: nothing the client sent in clear after STARTTLS may be
+	 * read as if it came through TLS. */
+	if ((junk = evbuffer_get_length(in)) > 0) {
+		log_info("discarding %zu byte(s) pipelined after STARTTLS from %s", junk, s->name);
+		evbuffer_drain(in, junk);
+	}
+	tbev = bufferevent_openssl_filter_new(smtp_server_base(s->srv), s->bev, ssl,
+	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+	if (tbev == NULL)
+		fatalx("bufferevent_openssl_filter_new failed");
+	bufferevent_openssl_set_allow_dirty_shutdown(tbev, 1);
+	s->bev = tbev;
+	s->tls = 1;
+	/* Forget everything said in clear (RFC 3207 4.2). */
+	reset_transaction(s);
+	s->helo[0] = '\0';
+	s->esmtp = 0;
+	enter_state(s, S_INIT);
+	install_callbacks(s);
+	s->ok[C_STARTTLS]++;
+}
+
+/* --- AUTH (RFC 4954) -------------------------------------------------------- */
+
+enum { AUTH_NONE, AUTH_PLAIN_WAIT, AUTH_LOGIN_USER, AUTH_LOGIN_PASS, AUTH_CHECKING };
+
+struct auth_job {
+	struct smtp_session *s;   /* NULL once the session went away */
+	char *hash;               /* copy: the users file may be reloaded meanwhile */
+	char *password;
+	int ok;
+};
+
+static void auth_work(void *arg)
+{
+	struct auth_job *j = arg;
+	j->ok = users_verify_hash(j->hash, j->password);
+}
+
+static void auth_job_free(struct auth_job *j)
+{
+	OPENSSL_cleanse(j->password, strlen(j->password));
+	free(j->password);
+	free(j->hash);
+	free(j);
+}
+
+static void auth_penalty_over(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtp_session *s = arg;
+
+	reply(s, "535 5.7.8 Error: authentication failed");
+	s->paused = 0;
+	s->auth_step = AUTH_NONE;
+	if (smtp_server_locked_out(s->srv, (struct sockaddr *)&s->peer)) {
+		reply(s, "421 4.7.0 %s Error: too many failed logins from your address; try later",
+		    cf(s)->hostname);
+		close_after_reply(s);
+		return;
+	}
+	if (!too_many_errors(s))
+		process_input(s);
+}
+
+static void auth_done(void *arg)
+{
+	struct auth_job *j = arg;
+	struct smtp_session *s = j->s;
+	int ok = j->ok;
+
+	auth_job_free(j);
+	if (s == NULL)
+		return; /* the client left while we were checking */
+	s->auth_job = NULL;
+	if (ok) {
+		s->user = users_find(s->cfg->users, s->auth_name);
+		s->auth_step = AUTH_NONE;
+		s->paused = 0;
+		smtp_server_auth_success(s->srv, (struct sockaddr *)&s->peer);
+		log_info("%s: sasl_username=%s, authenticated", s->name, s->auth_name);
+		reply(s, "235 2.7.0 Authentication successful");
+		s->ok[C_AUTH]++;
+		process_input(s);
+		return;
+	}
+	s->auth_failures++;
+	smtp_server_auth_failure(s->srv, (struct sockaddr *)&s->peer);
+	/* fail2ban: "authentication failed: user=NAME, client=IP" (client last,
+	 * so a user name cannot forge it) */
+	log_warnx("authentication failed: user=%s, client=%s", s->auth_name, s->ip);
+	int delay = 1 << (s->auth_failures - 1 < 4 ? s->auth_failures - 1 : 4);
+	if (delay > AUTH_DELAY_MAX)
+		delay = AUTH_DELAY_MAX;
+	struct timeval tv = {delay, 0};
+	event_add(s->auth_timer, &tv); /* stays paused until the penalty is served */
+}
+
+/* Check NAME/PASSWORD off the loop; the session waits (paused). */
+static void auth_check(struct smtp_session *s, const char *name, const char *password)
+{
+	const struct user *u = users_find(s->cfg->users, name);
+	struct auth_job *j = xcalloc(1, sizeof(*j));
+
+	snprintf(s->auth_name, sizeof(s->auth_name), "%s", name);
+	j->s = s;
+	j->hash = u ? xstrdup(user_hash(u)) : NULL;
+	j->password = xstrdup(password);
+	s->auth_job = j;
+	s->auth_step = AUTH_CHECKING;
+	s->paused = 1;
+	workq_submit(smtp_server_workq(s->srv), auth_work, auth_done, j);
+}
+
+/* Decode base64 (RFC 4648, no line breaks) into out; length or -1. */
+static int b64decode(const char *in, unsigned char *out, size_t outsz)
+{
+	size_t n = strlen(in);
+	int len;
+
+	if (n == 0 || n % 4 != 0 || n / 4 * 3 > outsz)
+		return -1;
+	len = EVP_DecodeBlock(out, (const unsigned char *)in, (int)n);
+	if (len < 0)
+		return -1;
+	if (n >= 1 && in[n - 1] == '=')
+		len--;
+	if (n >= 2 && in[n - 2] == '=')
+		len--;
+	return len;
+}
+
+static void auth_syntax_error(struct smtp_session *s, const char *what)
+{
+	s->auth_step = AUTH_NONE;
+	reply(s, "501 5.5.2 Error: %s", what);
 	too_many_errors(s);
+}
+
+/* PLAIN: authzid \0 authcid \0 password (RFC 4616). */
+static void auth_plain(struct smtp_session *s, const char *b64)
+{
+	unsigned char buf[AUTH_LINE_MAX];
+	const char *authz, *user, *pass;
+	int n = b64decode(b64, buf, sizeof(buf) - 1);
+
+	if (n < 0) {
+		auth_syntax_error(s, "invalid base64 in AUTH PLAIN");
+		return;
+	}
+	buf[n] = '\0';
+	authz = (const char *)buf;
+	user = memchr(buf, '\0', (size_t)n);
+	if (user == NULL || (pass = memchr(user + 1, '\0', (size_t)(n - (user + 1 - authz)))) == NULL) {
+		OPENSSL_cleanse(buf, sizeof(buf));
+		auth_syntax_error(s, "malformed AUTH PLAIN response");
+		return;
+	}
+	user++;
+	pass++;
+	if (*authz && strcmp(authz, user) != 0) {
+		OPENSSL_cleanse(buf, sizeof(buf));
+		s->auth_step = AUTH_NONE;
+		reply(s, "535 5.7.8 Error: authorization identity not supported");
+		too_many_errors(s);
+		return;
+	}
+	auth_check(s, user, pass);
+	OPENSSL_cleanse(buf, sizeof(buf));
 }
 
 static void cmd_auth(struct smtp_session *s, char *args)
 {
-	reply(s, "503 5.5.1 Error: authentication not enabled");
-	too_many_errors(s);
+	char *mech = args, *initial;
+
+	if (!auth_offered(s)) {
+		if (s->user)
+			reply(s, "503 5.5.1 Error: already authenticated");
+		else if (s->l->auth != CONF_AUTH_OFF && !s->tls)
+			reply(s, "530 5.7.0 Must issue a STARTTLS command first");
+		else
+			reply(s, "503 5.5.1 Error: authentication not enabled");
+		too_many_errors(s);
+		return;
+	}
+	if (s->state == S_INIT) {
+		reply(s, "503 5.5.1 Error: send EHLO first");
+		too_many_errors(s);
+		return;
+	}
+	if (s->state != S_READY) {
+		reply(s, "503 5.5.1 Error: MAIL transaction in progress");
+		too_many_errors(s);
+		return;
+	}
+	if ((initial = strchr(mech, ' ')) != NULL) {
+		*initial++ = '\0';
+		while (*initial == ' ')
+			initial++;
+	}
+	if (strcasecmp(mech, "PLAIN") == 0) {
+		if (initial == NULL || *initial == '\0') {
+			s->auth_step = AUTH_PLAIN_WAIT;
+			reply(s, "334 ");
+		} else if (strcmp(initial, "=") == 0)
+			auth_syntax_error(s, "empty AUTH PLAIN response");
+		else
+			auth_plain(s, initial);
+	} else if (strcasecmp(mech, "LOGIN") == 0) {
+		if (initial && *initial) {
+			unsigned char u[256];
+			int n = b64decode(initial, u, sizeof(u) - 1);
+			if (n <= 0) {
+				auth_syntax_error(s, "invalid base64 in AUTH LOGIN");
+				return;
+			}
+			u[n] = '\0';
+			snprintf(s->auth_login_user, sizeof(s->auth_login_user), "%s", u);
+			s->auth_step = AUTH_LOGIN_PASS;
+			reply(s, "334 UGFzc3dvcmQ6"); /* "Password:" */
+		} else {
+			s->auth_step = AUTH_LOGIN_USER;
+			reply(s, "334 VXNlcm5hbWU6"); /* "Username:" */
+		}
+	} else {
+		reply(s, "504 5.5.4 Error: unsupported authentication mechanism (PLAIN or LOGIN)");
+		too_many_errors(s);
+	}
+}
+
+/* A line sent in the middle of an AUTH dialogue. */
+static void auth_continue(struct smtp_session *s, char *line)
+{
+	unsigned char buf[AUTH_LINE_MAX];
+	int n;
+
+	if (strcmp(line, "*") == 0) {
+		s->auth_step = AUTH_NONE;
+		reply(s, "501 5.7.0 Authentication aborted");
+		return;
+	}
+	switch (s->auth_step) {
+	case AUTH_PLAIN_WAIT:
+		auth_plain(s, line);
+		break;
+	case AUTH_LOGIN_USER:
+		n = b64decode(line, buf, 255);
+		if (n <= 0) {
+			auth_syntax_error(s, "invalid base64 in AUTH LOGIN");
+			return;
+		}
+		buf[n] = '\0';
+		snprintf(s->auth_login_user, sizeof(s->auth_login_user), "%.255s", (char *)buf);
+		s->auth_step = AUTH_LOGIN_PASS;
+		reply(s, "334 UGFzc3dvcmQ6");
+		break;
+	case AUTH_LOGIN_PASS:
+		n = b64decode(line, buf, sizeof(buf) - 1);
+		if (n < 0) {
+			auth_syntax_error(s, "invalid base64 in AUTH LOGIN");
+			return;
+		}
+		buf[n] = '\0';
+		auth_check(s, s->auth_login_user, (const char *)buf);
+		OPENSSL_cleanse(buf, sizeof(buf));
+		break;
+	}
 }
 
 static void cmd_bdat(struct smtp_session *s, char *args)
@@ -524,6 +870,105 @@ static void commit_done(void *arg, const char *id, int error)
 		process_input(s);
 }
 
+/* Check one mailbox of the From: field (angle address, or the bare text). */
+static const char *check_mailbox(struct smtp_session *s, const char *angle, const char *bare,
+    int *found)
+{
+	static char why[700];
+	char addr[SMTP_PATH_MAX + 1];
+	const char *a = angle[0] ? angle : bare;
+	size_t n;
+
+	while (*a == ' ' || *a == '\t')
+		a++;
+	n = strlen(a);
+	while (n > 0 && (a[n - 1] == ' ' || a[n - 1] == '\t'))
+		n--;
+	if (n == 0)
+		return NULL; /* an empty group member: nothing to check */
+	if (n > SMTP_PATH_MAX)
+		return "550 5.7.1 Message refused: From: address too long";
+	memcpy(addr, a, n);
+	addr[n] = '\0';
+	(*found)++;
+	if (users_sender_allowed(s->user, addr))
+		return NULL;
+	snprintf(why, sizeof(why),
+	    "550 5.7.1 Message refused: From: <%s> is not an address user %s may use", addr,
+	    s->auth_name);
+	return why;
+}
+
+/* SES signs anything from a verified domain: an authenticated user's From:
+ * must be one of its own addresses, like its MAIL FROM.  The field is split
+ * into mailboxes at top-level commas; quoted strings and comments are
+ * skipped; a mailbox's address is its <...> part, else its bare text. */
+static const char *check_from_header(struct smtp_session *s)
+{
+	char angle[SMTP_PATH_MAX + 2], bare[SMTP_PATH_MAX + 2];
+	size_t na = 0, nb = 0;
+	const char *p, *why;
+	int found = 0, in_angle = 0, depth;
+
+	if (s->data.has_from != 1)
+		return s->data.has_from == 0 ? "550 5.7.1 Message refused: no From: header"
+					      : "550 5.7.1 Message refused: more than one From: header";
+	angle[0] = bare[0] = '\0';
+	for (p = s->data.from;; p++) {
+		if (*p == '\0' || (*p == ',' && !in_angle)) {
+			angle[na] = bare[nb] = '\0';
+			if ((why = check_mailbox(s, angle, bare, &found)) != NULL)
+				return why;
+			na = nb = 0;
+			if (*p == '\0')
+				break;
+			continue;
+		}
+		if (*p == '"' && !in_angle) {
+			for (p++; *p && *p != '"'; p++)
+				if (*p == '\\' && p[1])
+					p++;
+			if (*p == '\0')
+				p--;
+			nb = 0; /* a display name, not an address */
+			continue;
+		}
+		if (*p == '(' && !in_angle) {
+			for (depth = 0; *p; p++) {
+				if (*p == '(')
+					depth++;
+				else if (*p == ')' && --depth == 0)
+					break;
+			}
+			if (*p == '\0')
+				p--;
+			continue;
+		}
+		if (*p == '<') {
+			in_angle = 1;
+			na = 0;
+			nb = 0;
+			continue;
+		}
+		if (*p == '>') {
+			in_angle = 0;
+			continue;
+		}
+		if (in_angle) {
+			if (na < SMTP_PATH_MAX + 1)
+				angle[na++] = *p;
+		} else if (*p == ':') {
+			nb = 0; /* "group:" */
+		} else if (*p == ';') {
+			;
+		} else if (nb < SMTP_PATH_MAX + 1)
+			bare[nb++] = *p;
+	}
+	if (found == 0)
+		return "550 5.7.1 Message refused: no address in the From: header";
+	return NULL;
+}
+
 static void end_of_data(struct smtp_session *s)
 {
 	const char *verdict = smtp_data_verdict(&s->data);
@@ -536,6 +981,8 @@ static void end_of_data(struct smtp_session *s)
 		log_warn("%s: queue file write error", id);
 		verdict = "451 4.3.0 Error: queue file write error";
 	}
+	if (verdict == NULL && s->user != NULL)
+		verdict = check_from_header(s);
 	if (verdict != NULL) {
 		log_info("%s: reject: DATA from %s: %s; from=<%s> nrcpt=%zu", id, s->name, verdict,
 		    s->sender, s->nrcpts);
@@ -555,6 +1002,32 @@ static void end_of_data(struct smtp_session *s)
 }
 
 /* Feed what input we have to the DATA parser.  Returns 1 at end of data. */
+/* After the header section, before its blank line: add what a submission
+ * must carry (RFC 6409 8.2, 8.3), then the blank line the parser held back. */
+static void end_of_headers(struct smtp_session *s, struct evbuffer *out)
+{
+	size_t before;
+	char date[64];
+
+	if (out == NULL)
+		return;
+	before = evbuffer_get_length(out);
+	if (s->user != NULL && s->writer != NULL) {
+		if (!s->data.has_message_id)
+			evbuffer_add_printf(out, "Message-ID: <%s.%lld@%s>\r\n",
+			    spool_writer_id(s->writer), (long long)time(NULL), cf(s)->hostname);
+		if (!s->data.has_date) {
+			rfc5322_date(date, sizeof(date));
+			evbuffer_add_printf(out, "Date: %s\r\n", date);
+		}
+	}
+	evbuffer_add(out, "\r\n", 2);
+	s->data.size += evbuffer_get_length(out) - before;
+	if (s->data.size > s->data.max_size)
+		s->data.errors |= SMTP_DATA_TOO_BIG;
+}
+
+/* Feed what input we have to the DATA parser.  Returns 1 at end of data. */
 static int feed_data(struct smtp_session *s, struct evbuffer *in)
 {
 	struct evbuffer *out = s->write_error ? NULL : spool_writer_buffer(s->writer);
@@ -563,8 +1036,18 @@ static int feed_data(struct smtp_session *s, struct evbuffer *in)
 	size_t used = 0;
 
 	n = evbuffer_peek(in, -1, NULL, v, 8);
-	for (i = 0; i < n && i < 8 && !done; i++)
-		used += smtp_data_feed(&s->data, v[i].iov_base, v[i].iov_len, out, &done);
+	for (i = 0; i < n && i < 8 && !done; i++) {
+		size_t off = 0;
+		while (off < v[i].iov_len && !done) {
+			off += smtp_data_feed(&s->data, (unsigned char *)v[i].iov_base + off,
+			    v[i].iov_len - off, s->data.errors ? NULL : out, &done);
+			if (s->data.header_end) {
+				s->data.header_end = 0;
+				end_of_headers(s, s->data.errors ? NULL : out);
+			}
+		}
+		used += off;
+	}
 	evbuffer_drain(in, used);
 	if (!s->write_error && s->data.errors == 0 &&
 	    spool_writer_flush(s->writer, 0) == -1) {
@@ -688,11 +1171,10 @@ static void process_input(struct smtp_session *s)
 	char line[SMTP_CMD_LINE_MAX + 1];
 	size_t len = 0;
 
-	if (s->dead || s->closing)
-		return;
-	in = bufferevent_get_input(s->bev);
-	out = bufferevent_get_output(s->bev);
-	while (!s->paused && !s->closing) {
+	while (!s->paused && !s->closing && !s->dead) {
+		/* fetched each time: STARTTLS replaces the bufferevent */
+		in = bufferevent_get_input(s->bev);
+		out = bufferevent_get_output(s->bev);
 		if (evbuffer_get_length(out) > OUTPUT_MAX)
 			break; /* resumed from the write callback */
 		if (s->state == S_DATA) {
@@ -710,6 +1192,7 @@ static void process_input(struct smtp_session *s)
 		if (r < 0) {
 			if (r == -2)
 				s->skip_to_lf = 1;
+			s->auth_step = 0;
 			if (too_many_errors(s))
 				break;
 			continue;
@@ -718,11 +1201,19 @@ static void process_input(struct smtp_session *s)
 		 * a NUL must not cut the command short and let the prefix run. */
 		if (has_control(line, len)) {
 			reply(s, "500 5.5.2 Error: bad syntax (control character in command)");
+			s->auth_step = 0;
 			if (too_many_errors(s))
 				break;
 			continue;
 		}
+		if (s->auth_step != 0) {
+			auth_continue(s, line);
+			OPENSSL_cleanse(line, sizeof(line)); /* it may hold a password */
+			continue;
+		}
 		dispatch(s, line, in);
+		if (s->last_cmd && strcmp(s->last_cmd, "AUTH") == 0)
+			OPENSSL_cleanse(line, sizeof(line));
 	}
 }
 
@@ -766,8 +1257,15 @@ static void on_write(struct bufferevent *bev, void *arg)
 static void on_event(struct bufferevent *bev, short what, void *arg)
 {
 	struct smtp_session *s = arg;
-	char why[160];
+	char why[300];
 
+	if (what & BEV_EVENT_CONNECTED) {
+		SSL *ssl = bufferevent_openssl_get_ssl(bev);
+		if (ssl)
+			log_info("TLS connection established from %s: %s with cipher %s", s->name,
+			    SSL_get_version(ssl), SSL_get_cipher_name(ssl));
+		return;
+	}
 	if (what & BEV_EVENT_TIMEOUT) {
 		if (s->commit_pending) {
 			/* our disk is slow, not the client: keep waiting */
@@ -784,7 +1282,13 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		close_after_reply(s);
 		return;
 	}
-	if (s->state == S_DATA || s->state == S_COMMIT)
+	unsigned long e = s->tls ? bufferevent_get_openssl_error(bev) : 0;
+	if (e != 0) {
+		char es[200];
+		ERR_error_string_n(e, es, sizeof(es));
+		snprintf(why, sizeof(why), "TLS error after %s (%s)",
+		    s->last_cmd ? s->last_cmd : "CONNECT", es);
+	} else if (s->state == S_DATA || s->state == S_COMMIT)
 		snprintf(why, sizeof(why), "lost connection after DATA (%llu bytes)",
 		    (unsigned long long)s->data.size);
 	else
@@ -836,7 +1340,10 @@ static void reap(evutil_socket_t fd, short what, void *arg)
 		spool_writer_abort(s->writer);
 	event_free(s->session_timer);
 	event_free(s->data_timer);
+	event_free(s->auth_timer);
 	event_free(s->reaper);
+	if (s->auth_job)
+		s->auth_job->s = NULL; /* auth_done() frees it */
 	smtp_server_session_gone(s->srv, s, (struct sockaddr *)&s->peer, s->counted_per_ip);
 	smtp_config_unref(s->cfg);
 	free(s);
@@ -885,6 +1392,7 @@ static void session_close(struct smtp_session *s, const char *why)
 		event_del(s->session_timer);
 		if (s->data_timer)
 			event_del(s->data_timer);
+		event_del(s->auth_timer);
 		if (s->writer) {
 			log_info("%s: removed (client disconnected before end of data)",
 			    spool_writer_id(s->writer));
@@ -899,13 +1407,26 @@ static void session_close(struct smtp_session *s, const char *why)
 
 /* --- lifecycle ----------------------------------------------------------- */
 
+/* Callbacks, caps and timeouts on s->bev (again after STARTTLS). */
+static void install_callbacks(struct smtp_session *s)
+{
+	struct timeval tv = {(time_t)cf(s)->smtp_timeout, 0};
+
+	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_MAX);
+	bufferevent_setwatermark(s->bev, EV_WRITE, OUTPUT_MAX / 2, 0);
+	bufferevent_set_max_single_read(s->bev, READ_MAX);
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
 struct smtp_session *smtp_session_new(struct smtp_server *srv, struct smtp_config *cfg,
     const struct conf_listener *l, int fd, const struct sockaddr *peer, socklen_t peerlen,
     int counted_per_ip)
 {
 	struct event_base *base = smtp_server_base(srv);
 	struct smtp_session *s = xcalloc(1, sizeof(*s));
-	struct timeval tv;
+	struct timeval tv = {0, 0};
 
 	s->srv = srv;
 	s->cfg = smtp_config_ref(cfg);
@@ -919,20 +1440,24 @@ struct smtp_session *smtp_session_new(struct smtp_server *srv, struct smtp_confi
 	s->trusted = netaddr_match(l->networks, l->nnetworks, peer);
 	s->state = S_INIT;
 
-	s->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (l->tls == CONF_TLS_IMPLICIT && cfg->tls_ctx != NULL) {
+		SSL *ssl = SSL_new(cfg->tls_ctx);
+		if (ssl == NULL)
+			fatalx("SSL_new failed");
+		s->bev = bufferevent_openssl_socket_new(base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		    BEV_OPT_CLOSE_ON_FREE);
+		if (s->bev)
+			bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+		s->tls = 1;
+	} else
+		s->bev = bufferevent_socket_new(base, fd, BEV_OPT_CLOSE_ON_FREE);
 	if (s->bev == NULL)
 		fatalx("bufferevent_socket_new failed");
-	bufferevent_setcb(s->bev, on_read, on_write, on_event, s);
-	bufferevent_setwatermark(s->bev, EV_READ, 0, INPUT_MAX);
-	bufferevent_setwatermark(s->bev, EV_WRITE, OUTPUT_MAX / 2, 0);
-	bufferevent_set_max_single_read(s->bev, READ_MAX);
-	tv.tv_sec = (time_t)cf(s)->smtp_timeout;
-	tv.tv_usec = 0;
-	bufferevent_set_timeouts(s->bev, &tv, &tv);
-	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	install_callbacks(s);
 
 	s->reaper = event_new(base, -1, 0, reap, s);
 	s->session_timer = event_new(base, -1, 0, on_session_timeout, s);
+	s->auth_timer = event_new(base, -1, 0, auth_penalty_over, s);
 	s->data_timer = event_new(base, -1, 0, on_data_timeout, s);
 	tv.tv_sec = (time_t)cf(s)->session_timeout;
 	event_add(s->session_timer, &tv);

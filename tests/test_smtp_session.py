@@ -1,5 +1,6 @@
 """The SMTP conversation (SPEC section 4) through the real binary: scripted
 sessions first, then real clients (swaks, smtplib)."""
+import os
 import smtplib
 import subprocess
 
@@ -162,6 +163,7 @@ def test_auth_required_listener_refuses_mail(relay_factory):
     r = relay_factory(listeners=None, start=False)
     users = r.dir + "/users"
     open(users, "w").close()
+    os.chmod(users, 0o600)
     r.listeners["local"]["auth"] = "required"
     r.write_config(extra=f"[users]\nfile = {users}\n")
     r.start()
