@@ -379,3 +379,19 @@ def test_passwd_command_makes_a_working_line(tmp_path):
     assert p.stdout.strip().endswith(":dave@example.com,@dave.example")
     p = subprocess.run([BIN, "passwd", "erin"], input="pw\n", capture_output=True, text=True)
     assert p.returncode == 2 and "may send as" in p.stderr
+
+
+def test_fail2ban_filter_matches_our_log_line(submission, pki):
+    """The shipped fail2ban filter matches the line a failed login writes, and
+    takes the client address from the end (a user name cannot forge it)."""
+    r = submission()
+    with smtplib.SMTP_SSL("127.0.0.1", r.p465, timeout=30, context=client_ctx(pki)) as s:
+        with pytest.raises(smtplib.SMTPAuthenticationError):
+            s.login("x, client=198.51.100.1", "wrong")
+    line = r.wait_log(r"authentication failed: .*").group(0)
+    full = next(l for l in r.read_log().splitlines() if "authentication failed" in l)
+    conf = open(os.path.join(os.path.dirname(__file__), "..", "contrib", "fail2ban", "filter.d",
+                             "sesrelay.conf")).read()
+    rx = re.search(r"failregex = (.*)\n", conf).group(1).strip()
+    m = re.search(rx.replace("<HOST>", r"(?P<host>\S+)"), full)
+    assert m and m.group("host") == "127.0.0.1", (rx, full, line)

@@ -308,7 +308,75 @@ static void data_verdicts(void)
 	CHECK(strncmp(smtp_data_verdict(&d), "552 5.3.4", 9) == 0);
 }
 
+/* Feed a message in chunks of `step`; collect output, emitting the held-back
+ * blank line at header_end as the session does. */
+static void feed_headers(const char *in, size_t step, struct smtp_data *d, struct evbuffer *out,
+    int *header_ends)
+{
+	size_t len = strlen(in), pos = 0;
+	int done = 0;
+
+	smtp_data_init(d, 1000000);
+	*header_ends = 0;
+	while (pos < len && !done) {
+		size_t n = len - pos < step ? len - pos : step;
+		size_t off = 0;
+		while (off < n && !done) {
+			off += smtp_data_feed(d, (const unsigned char *)in + pos + off, n - off, out, &done);
+			if (d->header_end) {
+				d->header_end = 0;
+				(*header_ends)++;
+				evbuffer_add(out, "X-Added: 1\r\n\r\n", 14);
+			}
+		}
+		pos += off;
+	}
+}
+
+static void header_tracking(void)
+{
+	static const struct {
+		const char *in, *out, *from;
+		int has_from, msgid, date;
+	} t[] = {
+	    {"From: a@b.c\r\nSubject: x\r\n\r\nbody\r\n.\r\n",
+		"From: a@b.c\r\nSubject: x\r\nX-Added: 1\r\n\r\nbody\r\n", " a@b.c", 1, 0, 0},
+	    {"Message-ID: <x@y>\r\nDATE: now\r\nfrom: \"N\"\r\n <n@x.y>\r\n\r\n.\r\n",
+		"Message-ID: <x@y>\r\nDATE: now\r\nfrom: \"N\"\r\n <n@x.y>\r\nX-Added: 1\r\n\r\n",
+		" \"N\" <n@x.y>", 1, 1, 1},
+	    {"From: a\r\nFrom: b\r\n\r\n\r\n.\r\n", "From: a\r\nFrom: b\r\nX-Added: 1\r\n\r\n\r\n",
+		" b", 2, 0, 0},
+	    {"Subject: no blank line\r\n.\r\n", "Subject: no blank line\r\n", "", 0, 0, 0},
+	    {"\r\nbody only\r\n.\r\n", "X-Added: 1\r\n\r\nbody only\r\n", "", 0, 0, 0},
+	    {"From-Address: z\r\nX-From: y\r\n\r\n.\r\n", "From-Address: z\r\nX-From: y\r\nX-Added: 1\r\n\r\n",
+		"", 0, 0, 0},
+	};
+	size_t i, step;
+
+	for (i = 0; i < sizeof(t) / sizeof(t[0]); i++)
+		for (step = 1; step <= strlen(t[i].in); step++) {
+			struct evbuffer *out = evbuffer_new();
+			struct smtp_data d;
+			int ends;
+			feed_headers(t[i].in, step, &d, out, &ends);
+			size_t n = evbuffer_get_length(out);
+			char *got = calloc(1, n + 1);
+			evbuffer_remove(out, got, n);
+			evbuffer_free(out);
+			int ok = strcmp(got, t[i].out) == 0 && d.errors == 0 &&
+				 strcmp(d.from, t[i].from) == 0 && d.has_from == t[i].has_from &&
+				 d.has_message_id == t[i].msgid && d.has_date == t[i].date &&
+				 ends == (strstr(t[i].out, "X-Added") != NULL);
+			if (!ok)
+				fprintf(stderr, "case %zu step %zu: got \"%s\" from \"%s\" errors %#x\n", i,
+				    step, got, d.from, d.errors);
+			free(got);
+			CHECK(ok);
+		}
+}
+
 static const struct unit_case cases[] = {
+    {"header_tracking", header_tracking},
     {"verb_split", verb_split},
     {"mail_table", mail_table},
     {"mail_path_length", mail_path_length},
