@@ -102,7 +102,6 @@ fuzz:
 install: sesrelay
 	install -d $(DESTDIR)$(PREFIX)/sbin $(DESTDIR)/etc/sesrelay
 	install -m 755 sesrelay $(DESTDIR)$(PREFIX)/sbin/sesrelay
-	ln -sf sesrelay $(DESTDIR)$(PREFIX)/sbin/sendmail.sesrelay
 	install -m 644 relay.ini.example $(DESTDIR)/etc/sesrelay/relay.ini.example
 	if [ -f contrib/sesrelay.service ]; then \
 	  install -d $(DESTDIR)/etc/systemd/system; \
