@@ -109,7 +109,7 @@ struct smtp_session {
 	size_t nrcpts;
 	uint64_t declared_size;
 	struct spool_writer *writer;
-	struct smtp_data data;
+	struct smtp_data *data;    /* allocated for the DATA phase only */
 	int write_error;
 
 	/* TLS and authentication */
@@ -233,6 +233,8 @@ static void reset_transaction(struct smtp_session *s)
 		spool_writer_abort(s->writer);
 		s->writer = NULL;
 	}
+	free(s->data);
+	s->data = NULL;
 	if (s->data_timer)
 		event_del(s->data_timer);
 	if (s->state != S_INIT)
@@ -402,7 +404,7 @@ static void on_data_timeout(evutil_socket_t fd, short what, void *arg)
 {
 	struct smtp_session *s = arg;
 
-	log_info("timeout after DATA (%llu bytes) from %s", (unsigned long long)s->data.size,
+	log_info("timeout after DATA (%llu bytes) from %s", (unsigned long long)s->data->size,
 	    s->name);
 	reset_transaction(s);
 	reply(s, "421 4.4.2 %s Error: timeout exceeded", cf(s)->hostname);
@@ -467,8 +469,10 @@ static void cmd_data(struct smtp_session *s, char *args)
 	evbuffer_add_printf(buf, "; %s\r\n", date);
 
 	/* The limit applies to what we will hand SES, our header included. */
-	smtp_data_init(&s->data, cf(s)->max_message_size);
-	s->data.size = evbuffer_get_length(buf) - before;
+	if (s->data == NULL)
+		s->data = xmalloc(sizeof(*s->data));
+	smtp_data_init(s->data, cf(s)->max_message_size);
+	s->data->size = evbuffer_get_length(buf) - before;
 	s->write_error = 0;
 	enter_state(s, S_DATA);
 	if (s->data_timer) {
@@ -849,7 +853,7 @@ static void commit_done(void *arg, const char *id, int error)
 		reply(s, "451 4.3.0 Error: queue file write error");
 	} else {
 		log_info("%s: from=<%s>, size=%llu, nrcpt=%zu (queue active)", id, s->sender,
-		    (unsigned long long)s->data.size, s->nrcpts);
+		    (unsigned long long)s->data->size, s->nrcpts);
 		if (log_level_enabled(LOG_LEVEL_DEBUG))
 			for (i = 0; i < s->nrcpts; i++)
 				log_debug("%s: to=<%s> queued", id, s->rcpts[i]);
@@ -910,11 +914,11 @@ static const char *check_from_header(struct smtp_session *s)
 	const char *p, *why;
 	int found = 0, in_angle = 0, depth;
 
-	if (s->data.has_from != 1)
-		return s->data.has_from == 0 ? "550 5.7.1 Message refused: no From: header"
+	if (s->data->has_from != 1)
+		return s->data->has_from == 0 ? "550 5.7.1 Message refused: no From: header"
 					      : "550 5.7.1 Message refused: more than one From: header";
 	angle[0] = bare[0] = '\0';
-	for (p = s->data.from;; p++) {
+	for (p = s->data->from;; p++) {
 		if (*p == '\0' || (*p == ',' && !in_angle)) {
 			angle[na] = bare[nb] = '\0';
 			if ((why = check_mailbox(s, angle, bare, &found)) != NULL)
@@ -971,7 +975,7 @@ static const char *check_from_header(struct smtp_session *s)
 
 static void end_of_data(struct smtp_session *s)
 {
-	const char *verdict = smtp_data_verdict(&s->data);
+	const char *verdict = smtp_data_verdict(s->data);
 	const char *id = spool_writer_id(s->writer);
 
 	if (s->data_timer)
@@ -1013,18 +1017,18 @@ static void end_of_headers(struct smtp_session *s, struct evbuffer *out)
 		return;
 	before = evbuffer_get_length(out);
 	if (s->user != NULL && s->writer != NULL) {
-		if (!s->data.has_message_id)
+		if (!s->data->has_message_id)
 			evbuffer_add_printf(out, "Message-ID: <%s.%lld@%s>\r\n",
 			    spool_writer_id(s->writer), (long long)time(NULL), cf(s)->hostname);
-		if (!s->data.has_date) {
+		if (!s->data->has_date) {
 			rfc5322_date(date, sizeof(date));
 			evbuffer_add_printf(out, "Date: %s\r\n", date);
 		}
 	}
 	evbuffer_add(out, "\r\n", 2);
-	s->data.size += evbuffer_get_length(out) - before;
-	if (s->data.size > s->data.max_size)
-		s->data.errors |= SMTP_DATA_TOO_BIG;
+	s->data->size += evbuffer_get_length(out) - before;
+	if (s->data->size > s->data->max_size)
+		s->data->errors |= SMTP_DATA_TOO_BIG;
 }
 
 /* Feed what input we have to the DATA parser.  Returns 1 at end of data. */
@@ -1039,17 +1043,17 @@ static int feed_data(struct smtp_session *s, struct evbuffer *in)
 	for (i = 0; i < n && i < 8 && !done; i++) {
 		size_t off = 0;
 		while (off < v[i].iov_len && !done) {
-			off += smtp_data_feed(&s->data, (unsigned char *)v[i].iov_base + off,
-			    v[i].iov_len - off, s->data.errors ? NULL : out, &done);
-			if (s->data.header_end) {
-				s->data.header_end = 0;
-				end_of_headers(s, s->data.errors ? NULL : out);
+			off += smtp_data_feed(s->data, (unsigned char *)v[i].iov_base + off,
+			    v[i].iov_len - off, s->data->errors ? NULL : out, &done);
+			if (s->data->header_end) {
+				s->data->header_end = 0;
+				end_of_headers(s, s->data->errors ? NULL : out);
 			}
 		}
 		used += off;
 	}
 	evbuffer_drain(in, used);
-	if (!s->write_error && s->data.errors == 0 &&
+	if (!s->write_error && s->data->errors == 0 &&
 	    spool_writer_flush(s->writer, 0) == -1) {
 		/* Keep reading to the end of data so the session stays in sync,
 		 * then answer 451; the partial file goes now. */
@@ -1057,7 +1061,7 @@ static int feed_data(struct smtp_session *s, struct evbuffer *in)
 		evbuffer_drain(spool_writer_buffer(s->writer), (size_t)-1);
 		spool_writer_discard(s->writer);
 	}
-	if (s->data.errors != 0)
+	if (s->data->errors != 0)
 		evbuffer_drain(spool_writer_buffer(s->writer), (size_t)-1);
 	return done;
 }
@@ -1290,7 +1294,7 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		    s->last_cmd ? s->last_cmd : "CONNECT", es);
 	} else if (s->state == S_DATA || s->state == S_COMMIT)
 		snprintf(why, sizeof(why), "lost connection after DATA (%llu bytes)",
-		    (unsigned long long)s->data.size);
+		    (unsigned long long)s->data->size);
 	else
 		snprintf(why, sizeof(why), "lost connection after %s",
 		    s->last_cmd ? s->last_cmd : "CONNECT");
@@ -1338,6 +1342,7 @@ static void reap(evutil_socket_t fd, short what, void *arg)
 	free(s->rcpts);
 	if (s->writer)
 		spool_writer_abort(s->writer);
+	free(s->data);
 	event_free(s->session_timer);
 	event_free(s->data_timer);
 	event_free(s->auth_timer);
