@@ -51,9 +51,12 @@ static int parse_path(const char **pp, char *addr, int allow_null)
 		bracket = 1;
 		p++;
 	}
-	/* source route "@a,@b:" is obsolete and ignored (RFC 5321 C) */
+	/* source route "@a,@b:" is obsolete and ignored (RFC 5321 C); its colon
+	 * must come before the closing '>', or "<@a> SIZE=1 x:b@c>" would eat
+	 * the parameters */
 	if (bracket && *p == '@') {
-		const char *colon = strchr(p, ':');
+		const char *gt = strchr(p, '>');
+		const char *colon = gt ? memchr(p, ':', (size_t)(gt - p)) : NULL;
 		if (colon == NULL)
 			return -1;
 		p = colon + 1;

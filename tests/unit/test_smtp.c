@@ -80,6 +80,8 @@ static const struct {
     {"FROM:<a@example.com> AUTH=<>", "555 5.5.4", NULL, 0, 0},
     {"FROM:<a@example.com>junk", "501 5.5.4", NULL, 0, 0},
     {"FROM:<>>", "501 5.5.4", NULL, 0, 0},
+    /* found by fuzzing: a source route must not run past '>' */
+    {"FROM:<@a> SIZE=1 x:b@c.example>", "501 5.1.7", NULL, 0, 0},
 };
 
 static void mail_table(void)
@@ -145,6 +147,7 @@ static void rcpt_table(void)
 	    {"FROM:<bob@example.net>", "501 5.5.4", NULL},
 	    {"TO:<b\xc3\xb6" "b@example.net>", "553 5.6.7", NULL},
 	    {"TO:<bob@example.net", "501 5.1.3", NULL},
+	    {"TO:<@evil>,<x:victim@example.com>", "501 5.1.3", NULL},
 	};
 	size_t i;
 
