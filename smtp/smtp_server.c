@@ -296,18 +296,13 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 	struct smtp_server *srv = l->srv;
 	const struct conf *conf = srv->cfg->conf;
 	char ip[64];
-	int trusted, per_ip;
+	int per_ip;
 
 	if (srv->stopping) {
 		close(fd);
 		return;
 	}
 	netaddr_ntop(sa, ip, sizeof(ip));
-	if (smtp_server_locked_out(srv, sa)) {
-		log_info("connect from unknown[%s]: refused: locked out after failed logins", ip);
-		refuse(fd, l->cl, conf->hostname, "too many failed logins from your address; try later");
-		return;
-	}
 	if (srv->nsessions >= (size_t)conf->max_connections) {
 		log_warnx("connect from unknown[%s]: refused: %zu connections reached "
 			  "(max_connections)",
@@ -315,21 +310,45 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 		refuse(fd, l->cl, conf->hostname, "too many connections");
 		return;
 	}
-	trusted = netaddr_match(l->cl->networks, l->cl->nnetworks, sa);
-	per_ip = !trusted;
-	if (per_ip && ip_count(srv, sa) >= conf->max_connections_per_ip) {
-		log_warnx("connect from unknown[%s]: refused: too many connections from this "
-			  "address (max_connections_per_ip = %d)",
-		    ip, conf->max_connections_per_ip);
-		refuse(fd, l->cl, conf->hostname, "too many connections from your address");
-		return;
+	/* Behind a proxy the address here is the proxy's: the checks by client
+	 * address wait for the PROXY header (smtp_server_admit). */
+	per_ip = 0;
+	if (!l->cl->proxy_protocol) {
+		const char *why;
+		if ((per_ip = smtp_server_admit(srv, l->cl, sa, &why)) == -1) {
+			refuse(fd, l->cl, conf->hostname, why);
+			return;
+		}
 	}
-	if (per_ip)
-		ip_add(srv, sa, 1);
 	srv->nsessions++;
 	struct smtp_session *s =
 	    smtp_session_new(srv, srv->cfg, l->cl, fd, sa, (socklen_t)salen, per_ip);
 	smtp_session_link(&srv->sessions, s);
+}
+
+int smtp_server_admit(struct smtp_server *srv, const struct conf_listener *cl,
+    const struct sockaddr *sa, const char **why)
+{
+	const struct conf *conf = srv->cfg->conf;
+	char ip[64];
+
+	netaddr_ntop(sa, ip, sizeof(ip));
+	if (smtp_server_locked_out(srv, sa)) {
+		log_info("connect from unknown[%s]: refused: locked out after failed logins", ip);
+		*why = "too many failed logins from your address; try later";
+		return -1;
+	}
+	if (netaddr_match(cl->networks, cl->nnetworks, sa))
+		return 0; /* trusted networks are exempt from the per-address cap */
+	if (ip_count(srv, sa) >= conf->max_connections_per_ip) {
+		log_warnx("connect from unknown[%s]: refused: too many connections from this "
+			  "address (max_connections_per_ip = %d)",
+		    ip, conf->max_connections_per_ip);
+		*why = "too many connections from your address";
+		return -1;
+	}
+	ip_add(srv, sa, 1);
+	return 1;
 }
 
 static void on_resume(evutil_socket_t fd, short what, void *arg)

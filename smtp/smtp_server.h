@@ -62,5 +62,10 @@ struct workq *smtp_server_workq(struct smtp_server *srv);
 void smtp_server_auth_failure(struct smtp_server *srv, const struct sockaddr *sa);
 void smtp_server_auth_success(struct smtp_server *srv, const struct sockaddr *sa);
 int smtp_server_locked_out(struct smtp_server *srv, const struct sockaddr *sa);
+/* The per-address checks (lock-out, max_connections_per_ip) for a client:
+ * 1 admitted and counted, 0 admitted uncounted (trusted network), -1 refused
+ * with the reason in *why.  Called at accept, or after the PROXY header. */
+int smtp_server_admit(struct smtp_server *srv, const struct conf_listener *cl,
+    const struct sockaddr *sa, const char **why);
 
 #endif

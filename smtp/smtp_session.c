@@ -44,6 +44,7 @@
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_parse.h"
 #include "smtp/smtp_server.h"
+#include "smtp/proxy.h"
 #include "smtp/smtp_session.h"
 #include "smtp/tls.h"
 
@@ -54,8 +55,10 @@
 #define CLOSE_FLUSH_S   10           /* time to deliver the last reply */
 #define AUTH_LINE_MAX   SMTP_CMD_LINE_MAX
 #define AUTH_DELAY_MAX  16           /* seconds: the longest penalty for a bad password */
+#define PROXY_TIMEOUT_S 10           /* for the PROXY header to arrive */
 
 enum smtp_state {
+	S_PROXY,  /* waiting for the PROXY protocol header (no banner yet) */
 	S_INIT,   /* before HELO/EHLO */
 	S_READY,  /* greeted, no transaction */
 	S_MAIL,   /* MAIL accepted */
@@ -65,8 +68,8 @@ enum smtp_state {
 	S_CLOSING /* last reply going out, then close */
 };
 
-static const char *state_names[] = {"INIT", "READY", "MAIL", "RCPT", "DATA", "COMMIT",
-    "CLOSING"};
+static const char *state_names[] = {"PROXY", "INIT", "READY", "MAIL", "RCPT", "DATA",
+    "COMMIT", "CLOSING"};
 
 enum cmd_index {
 	C_EHLO, C_HELO, C_MAIL, C_RCPT, C_DATA, C_RSET, C_NOOP, C_QUIT, C_VRFY, C_EXPN, C_HELP,
@@ -1169,6 +1172,81 @@ static int has_control(const char *line, size_t len)
 	return 0;
 }
 
+static void greet_client(struct smtp_session *s)
+{
+	log_info("connect from %s", s->name);
+	reply(s, "220 %s ESMTP sesrelay", cf(s)->hostname);
+}
+
+static void set_peer(struct smtp_session *s, const struct sockaddr *peer, socklen_t len)
+{
+	memcpy(&s->peer, peer, len < sizeof(s->peer) ? len : sizeof(s->peer));
+	netaddr_ntop(peer, s->ip, sizeof(s->ip));
+	/* No reverse DNS: names are unverifiable and lookups cost a round trip. */
+	snprintf(s->name, sizeof(s->name), "%s[%s]",
+	    netaddr_is_loopback(peer) ? "localhost" : "unknown", s->ip);
+	s->trusted = netaddr_match(s->l->networks, s->l->nnetworks, peer);
+}
+
+/* The PROXY header (listener with proxy_protocol = yes): the real client
+ * address replaces the proxy's for relay_networks, caps and logs.  1: done,
+ * the session goes on; 0: need more bytes; -1: the session is closing. */
+static int proxy_step(struct smtp_session *s, struct evbuffer *in)
+{
+	struct proxy_result pr;
+	size_t len = evbuffer_get_length(in);
+	const char *why;
+	int r;
+
+	if (len == 0)
+		return 0;
+	if (len > PROXY_HEADER_MAX)
+		len = PROXY_HEADER_MAX;
+	r = proxy_parse(evbuffer_pullup(in, (ev_ssize_t)len), len, &pr);
+	if (r == 0)
+		return 0;
+	if (r < 0) {
+		log_warnx("connection from %s refused: no valid PROXY header (%s); is the proxy "
+			  "configured to send one (HAProxy: send-proxy or send-proxy-v2)?",
+		    s->name, pr.error);
+		session_close(s, NULL);
+		return -1;
+	}
+	evbuffer_drain(in, (size_t)r);
+	if (!pr.local)
+		set_peer(s, (struct sockaddr *)&pr.src, pr.srclen);
+	if ((r = smtp_server_admit(s->srv, s->l, (struct sockaddr *)&s->peer, &why)) < 0) {
+		if (s->l->tls != CONF_TLS_IMPLICIT)
+			reply(s, "421 4.7.0 %s Error: %s", cf(s)->hostname, why);
+		enter_state(s, S_INIT);
+		close_after_reply(s);
+		return -1;
+	}
+	s->counted_per_ip = r;
+	enter_state(s, S_INIT);
+	if (s->l->tls == CONF_TLS_IMPLICIT && s->cfg->tls_ctx != NULL) {
+		struct bufferevent *under = s->bev;
+		SSL *ssl = SSL_new(s->cfg->tls_ctx);
+		if (ssl == NULL)
+			fatalx("SSL_new failed");
+		s->bev = bufferevent_openssl_filter_new(smtp_server_base(s->srv), under, ssl,
+		    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE);
+		if (s->bev == NULL)
+			fatalx("bufferevent_openssl_filter_new failed");
+		bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
+		s->tls = 1;
+		install_callbacks(s);
+		greet_client(s);
+		/* the ClientHello may already sit in the buffer behind the header */
+		if (evbuffer_get_length(bufferevent_get_input(under)) > 0)
+			bufferevent_trigger(under, EV_READ, 0);
+		return -1; /* s->bev changed: leave this input loop */
+	}
+	install_callbacks(s);
+	greet_client(s);
+	return 1;
+}
+
 static void process_input(struct smtp_session *s)
 {
 	struct evbuffer *in, *out;
@@ -1181,6 +1259,11 @@ static void process_input(struct smtp_session *s)
 		out = bufferevent_get_output(s->bev);
 		if (evbuffer_get_length(out) > OUTPUT_MAX)
 			break; /* resumed from the write callback */
+		if (s->state == S_PROXY) {
+			if (proxy_step(s, in) != 1)
+				break;
+			continue;
+		}
 		if (s->state == S_DATA) {
 			if (evbuffer_get_length(in) == 0)
 				break;
@@ -1278,6 +1361,12 @@ static void on_event(struct bufferevent *bev, short what, void *arg)
 		}
 		if (s->state == S_CLOSING) {
 			session_close(s, "timeout while sending the last reply");
+			return;
+		}
+		if (s->state == S_PROXY) {
+			log_warnx("connection from %s closed: no PROXY header within %d s", s->name,
+			    PROXY_TIMEOUT_S);
+			session_close(s, NULL);
 			return;
 		}
 		log_info("timeout after %s from %s", s->last_cmd ? s->last_cmd : "CONNECT", s->name);
@@ -1436,16 +1525,11 @@ struct smtp_session *smtp_session_new(struct smtp_server *srv, struct smtp_confi
 	s->srv = srv;
 	s->cfg = smtp_config_ref(cfg);
 	s->l = l;
-	memcpy(&s->peer, peer, peerlen < sizeof(s->peer) ? peerlen : sizeof(s->peer));
 	s->counted_per_ip = counted_per_ip;
-	netaddr_ntop(peer, s->ip, sizeof(s->ip));
-	/* No reverse DNS: names are unverifiable and lookups cost a round trip. */
-	snprintf(s->name, sizeof(s->name), "%s[%s]",
-	    netaddr_is_loopback(peer) ? "localhost" : "unknown", s->ip);
-	s->trusted = netaddr_match(l->networks, l->nnetworks, peer);
-	s->state = S_INIT;
+	set_peer(s, peer, peerlen);
+	s->state = l->proxy_protocol ? S_PROXY : S_INIT;
 
-	if (l->tls == CONF_TLS_IMPLICIT && cfg->tls_ctx != NULL) {
+	if (l->tls == CONF_TLS_IMPLICIT && cfg->tls_ctx != NULL && !l->proxy_protocol) {
 		SSL *ssl = SSL_new(cfg->tls_ctx);
 		if (ssl == NULL)
 			fatalx("SSL_new failed");
@@ -1459,6 +1543,10 @@ struct smtp_session *smtp_session_new(struct smtp_server *srv, struct smtp_confi
 	if (s->bev == NULL)
 		fatalx("bufferevent_socket_new failed");
 	install_callbacks(s);
+	if (s->state == S_PROXY) {
+		struct timeval ptv = {PROXY_TIMEOUT_S, 0};
+		bufferevent_set_timeouts(s->bev, &ptv, &ptv);
+	}
 
 	s->reaper = event_new(base, -1, 0, reap, s);
 	s->session_timer = event_new(base, -1, 0, on_session_timeout, s);
@@ -1467,8 +1555,8 @@ struct smtp_session *smtp_session_new(struct smtp_server *srv, struct smtp_confi
 	tv.tv_sec = (time_t)cf(s)->session_timeout;
 	event_add(s->session_timer, &tv);
 
-	log_info("connect from %s", s->name);
-	reply(s, "220 %s ESMTP sesrelay", cf(s)->hostname);
+	if (s->state != S_PROXY)
+		greet_client(s);
 	return s;
 }
 
