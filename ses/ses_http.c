@@ -305,6 +305,7 @@ struct ses_http *ses_http_new(struct event_base *base, const char *ca_file, long
 	if (h->multi == NULL)
 		fatalx("curl_multi_init failed");
 	h->timer = evtimer_new(base, on_timer, h);
+	event_priority_set(h->timer, 0); /* fails harmlessly without priorities */
 	curl_multi_setopt(h->multi, CURLMOPT_SOCKETFUNCTION, socket_cb);
 	curl_multi_setopt(h->multi, CURLMOPT_SOCKETDATA, h);
 	curl_multi_setopt(h->multi, CURLMOPT_TIMERFUNCTION, timer_cb);
