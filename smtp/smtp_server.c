@@ -25,6 +25,7 @@
 
 #include "conf/conf.h"
 #include "relay/log.h"
+#include "relay/metrics.h"
 #include "relay/netaddr.h"
 #include "relay/users.h"
 #include "relay/util.h"
@@ -282,6 +283,7 @@ static void refuse(int fd, const struct conf_listener *cl, const char *hostname,
 	char buf[256];
 	int n = snprintf(buf, sizeof(buf), "421 4.7.0 %s Error: %s\r\n", hostname, why);
 
+	metrics.connections_refused++;
 	if (cl->tls != CONF_TLS_IMPLICIT && n > 0 && (size_t)n < sizeof(buf)) {
 		ssize_t w = send(fd, buf, (size_t)n, MSG_DONTWAIT | MSG_NOSIGNAL);
 		(void)w; /* best effort: the client is refused either way */
@@ -321,6 +323,7 @@ static void on_accept(struct evconnlistener *evl, evutil_socket_t fd, struct soc
 		}
 	}
 	srv->nsessions++;
+	metrics.connections_total++;
 	struct smtp_session *s =
 	    smtp_session_new(srv, srv->cfg, l->cl, fd, sa, (socklen_t)salen, per_ip);
 	smtp_session_link(&srv->sessions, s);

@@ -36,6 +36,7 @@
 
 #include "conf/conf.h"
 #include "relay/log.h"
+#include "relay/metrics.h"
 #include "relay/netaddr.h"
 #include "relay/spool.h"
 #include "relay/users.h"
@@ -644,6 +645,7 @@ static void auth_done(void *arg)
 		return;
 	}
 	s->auth_failures++;
+	metrics.auth_failures++;
 	smtp_server_auth_failure(s->srv, (struct sockaddr *)&s->peer);
 	/* fail2ban: "authentication failed: user=NAME, client=IP" (client last,
 	 * so a user name cannot forge it) */
@@ -861,6 +863,8 @@ static void commit_done(void *arg, const char *id, int error)
 			for (i = 0; i < s->nrcpts; i++)
 				log_debug("%s: to=<%s> queued", id, s->rcpts[i]);
 		reply(s, "250 2.0.0 Ok: queued as %s", id);
+		metrics.received++;
+		metrics.received_bytes += s->data->size;
 	}
 	reset_transaction(s);
 	if (s->dead) {
@@ -994,6 +998,7 @@ static void end_of_data(struct smtp_session *s)
 		log_info("%s: reject: DATA from %s: %s; from=<%s> nrcpt=%zu", id, s->name, verdict,
 		    s->sender, s->nrcpts);
 		reply(s, "%s", verdict);
+		metrics.rejected++;
 		s->ok[C_DATA]--;
 		reset_transaction(s);
 		return;
