@@ -30,7 +30,9 @@
 #include <openssl/crypto.h>
 
 #include "conf/conf.h"
+#include "relay/control.h"
 #include "relay/daemon.h"
+#include "relay/http.h"
 #include "relay/log.h"
 #include "relay/scheduler.h"
 #include "relay/spool.h"
@@ -39,6 +41,7 @@
 #include "ses/ses_api.h"
 #include "ses/ses_creds.h"
 #include "ses/ses_http.h"
+#include "smtp/smtp_client.h"
 #include "smtp/smtp_server.h"
 
 #define SHUTDOWN_GRACE_S 5
@@ -61,6 +64,9 @@ struct daemon {
 	struct ses_stack *stack;     /* current credentials + transport */
 	char *ses_settings;          /* what built it, to notice changes on reload */
 	struct scheduler *sched;
+	struct control *control;     /* SPOOL/control.sock for "sesrelay queue" */
+	struct http *http_srv;       /* [http] /metrics, /healthz, /queue */
+	int lockfd;                  /* SPOOL/lock, held while running */
 	struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
 	struct event *stop_timer;
 	int stopping;
@@ -189,9 +195,15 @@ static void on_usr1(evutil_socket_t sig, short what, void *arg)
 	scheduler_flush(d->sched);
 }
 
-static void on_queued(void *arg, const char *id, double arrival, uint64_t size)
+static void on_found(void *arg, const char *id, double arrival, uint64_t size)
 {
 	scheduler_add(arg, id, arrival);
+}
+
+static void on_queued(void *arg, const char *id, double arrival, uint64_t size,
+    const char *sender, size_t nrcpts)
+{
+	scheduler_add_new(arg, id, arrival, size, sender, nrcpts);
 }
 
 static void on_creds_ready(void *arg, int ok, const char *err)
@@ -217,11 +229,13 @@ static void stack_release(void *arg)
 /* Every [ses] setting the stack depends on, as one comparable string. */
 static char *ses_settings(const struct conf *c)
 {
-	return xasprintf("%d|%s|%d|%s|%s|%s|%s|%s|%d", (int)c->transport,
-	    c->region ? c->region : "", c->api_version, c->endpoint ? c->endpoint : "",
-	    c->configuration_set ? c->configuration_set : "", c->profile ? c->profile : "",
-	    c->access_key_id ? c->access_key_id : "",
-	    c->secret_access_key ? c->secret_access_key : "", c->concurrency);
+#define S(x) ((x) ? (x) : "")
+	return xasprintf("%d|%s|%d|%s|%s|%s|%s|%s|%d|%s|%d|%d|%s|%s|%s", (int)c->transport,
+	    S(c->region), c->api_version, S(c->endpoint), S(c->configuration_set), S(c->profile),
+	    S(c->access_key_id), S(c->secret_access_key), c->concurrency, S(c->smtp_host),
+	    c->smtp_port, (int)c->smtp_tls, S(c->smtp_username), S(c->smtp_password),
+	    S(c->ca_file));
+#undef S
 }
 
 /* Credentials + transport for conf; the transport is NULL (mail stays
@@ -232,10 +246,15 @@ static struct ses_stack *stack_new(struct daemon *d, const struct conf *conf)
 
 	st->d = d;
 	st->creds = ses_creds_new(d->base, d->http, conf);
-	if (conf->transport == CONF_TRANSPORT_SMTP)
-		log_error("[ses] transport = smtp is not available in this version; use transport = "
-			  "api. Mail is accepted and stays queued.");
-	else if (conf->region == NULL)
+	if (conf->transport == CONF_TRANSPORT_SMTP) {
+		/* with explicit SMTP credentials the chain is not needed */
+		if (conf->smtp_username == NULL || conf->smtp_password == NULL)
+			ses_creds_start(st->creds, on_creds_ready, st);
+		st->t = smtp_client_transport_new(d->base, st->creds, conf);
+		if (st->t == NULL)
+			log_error("the SMTP transport cannot start (see above). Mail is accepted and "
+				  "stays queued.");
+	} else if (conf->region == NULL)
 		log_error("no SES region: set [ses] region (or AWS_REGION). Mail is accepted and "
 			  "stays queued.");
 	else {
@@ -254,7 +273,7 @@ static void start_delivery(struct daemon *d, const struct conf *conf)
 	d->sched = scheduler_new(d->base, d->spool, NULL, conf);
 	scheduler_set_transport(d->sched, d->stack->t, stack_release, d->stack);
 	spool_set_commit_hook(d->spool, on_queued, d->sched);
-	spool_foreach(d->spool, on_queued, d->sched);
+	spool_foreach(d->spool, on_found, d->sched);
 }
 
 /* Reload: rebuild credentials and transport when [ses] changed. */
@@ -319,6 +338,7 @@ int daemon_run(const char *config_path)
 	int have_user, rc = 0;
 
 	memset(&d, 0, sizeof(d));
+	d.lockfd = -1;
 	if ((conf = conf_load(config_path, err, sizeof(err))) == NULL) {
 		fprintf(stderr, "sesrelay: %s\n", err);
 		return 78;
@@ -331,6 +351,10 @@ int daemon_run(const char *config_path)
 	d.base = event_base_new();
 	if (d.base == NULL)
 		fatalx("event_base_new failed");
+	/* Two priorities: libcurl's "start now" timer runs before the rest of
+	 * a batch of ready events, so a connection freed by an SES answer sends
+	 * the next request at once instead of after every other answer. */
+	event_base_priority_init(d.base, 2);
 	d.srv = smtp_server_new(d.base, conf, err, sizeof(err)); /* owns conf from here */
 	if (d.srv == NULL) {
 		fprintf(stderr, "sesrelay: %s\n", err);
@@ -339,6 +363,12 @@ int daemon_run(const char *config_path)
 		goto out;
 	}
 	if (smtp_server_bind(d.srv, err, sizeof(err)) == -1) {
+		log_error("%s", err);
+		rc = 1;
+		goto out;
+	}
+	if (conf->http_address &&
+	    (d.http_srv = http_new(d.base, conf, err, sizeof(err))) == NULL) {
 		log_error("%s", err);
 		rc = 1;
 		goto out;
@@ -355,13 +385,25 @@ int daemon_run(const char *config_path)
 			goto out;
 		}
 	}
+	/* one daemon per spool; taken before recovery touches anything */
+	if ((d.lockfd = control_lock_daemon(conf->spool, err, sizeof(err))) == -1) {
+		log_error("%s", err);
+		rc = 1;
+		goto out;
+	}
 	if ((d.spool = spool_open(d.base, conf->spool, err, sizeof(err))) == NULL) {
 		log_error("%s", err);
 		rc = 1;
 		goto out;
 	}
 	start_delivery(&d, conf);
+	if ((d.control = control_new(d.base, d.spool, d.sched, err, sizeof(err))) == NULL) {
+		log_error("%s", err);
+		rc = 1;
+		goto out;
+	}
 	smtp_server_start(d.srv, d.spool);
+	http_start(d.http_srv, d.spool, d.sched, d.srv);
 
 	d.sig_term = evsignal_new(d.base, SIGTERM, on_term, &d);
 	d.sig_int = evsignal_new(d.base, SIGINT, on_term, &d);
@@ -385,6 +427,8 @@ out:
 	}
 	if (d.stop_timer)
 		event_free(d.stop_timer);
+	control_free(d.control);
+	http_free(d.http_srv);
 	scheduler_free(d.sched); /* and the transports with their credentials */
 	if (d.ses_settings) {
 		OPENSSL_cleanse(d.ses_settings, strlen(d.ses_settings));
@@ -395,5 +439,7 @@ out:
 	spool_close(d.spool); /* waits for commits still in flight */
 	event_base_free(d.base);
 	free(d.config_path);
+	if (d.lockfd != -1)
+		close(d.lockfd);
 	return rc;
 }

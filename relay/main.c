@@ -11,7 +11,10 @@
 
 #include "conf/conf.h"
 #include "relay/daemon.h"
+#include "relay/queue_cli.h"
+#include "relay/sendmail.h"
 #include "relay/users.h"
+#include "smtp/smtp_password_cli.h"
 
 #ifndef SESRELAY_VERSION
 #define SESRELAY_VERSION "0.1.0"
@@ -77,6 +80,8 @@ int main(int argc, char **argv)
 	}
 	if (config == NULL)
 		config = conf_default_path();
+	if (sendmail_invoked_as(argv[0])) /* a /usr/sbin/sendmail symlink */
+		return sendmail_main(argc, argv, config);
 	if (argc < 2)
 		return daemon_run(config);
 	cmd = argv[1];
@@ -90,8 +95,13 @@ int main(int argc, char **argv)
 	}
 	if (strcmp(cmd, "passwd") == 0)
 		return users_cli_passwd(argc, argv);
-	if (strcmp(cmd, "check") == 0 || strcmp(cmd, "queue") == 0 ||
-	    strcmp(cmd, "sendmail") == 0 || strcmp(cmd, "smtp-password") == 0) {
+	if (strcmp(cmd, "queue") == 0)
+		return queue_cli(argc - 1, argv + 1, config);
+	if (strcmp(cmd, "sendmail") == 0)
+		return sendmail_main(argc - 1, argv + 1, config);
+	if (strcmp(cmd, "smtp-password") == 0)
+		return smtp_client_cli_password(argc - 1, argv + 1);
+	if (strcmp(cmd, "check") == 0) {
 		fprintf(stderr, "sesrelay: '%s' is not available in this build yet\n", cmd);
 		return 1;
 	}

@@ -43,6 +43,7 @@
 #include "conf/conf.h"
 #include "relay/bounce.h"
 #include "relay/log.h"
+#include "relay/metrics.h"
 #include "relay/ratelimit.h"
 #include "relay/scheduler.h"
 #include "relay/spool.h"
@@ -65,7 +66,15 @@ struct qentry {
 	int heap_pos;                /* -1 when not in the heap */
 	int ready;                   /* in the ready FIFO */
 	int finishing;               /* bounce being queued; then removed */
-	char last_error[DELIVERY_TEXT_MAX];
+	char *last_error;            /* NULL until an attempt fails */
+
+	/* for "sesrelay queue": read from the files at add, refreshed per pass */
+	char *sender;                /* NULL until read */
+	uint64_t size;
+	size_t nrcpts, left;
+	int held;                    /* parked by the operator: neither ready nor in the heap */
+	int hold_req;                /* hold asked during a pass: park when it ends */
+	int deleted;                 /* delete asked during a pass: remove when it ends */
 
 	/* during a pass */
 	struct spool_msg *msg;
@@ -254,6 +263,47 @@ static struct qentry *ready_pop(struct scheduler *s)
 	return e;
 }
 
+/* Take e out of the ready FIFO (operator requests only: O(length)). */
+static void ready_remove(struct scheduler *s, struct qentry *e)
+{
+	struct qentry *p = NULL, *q;
+
+	if (!e->ready)
+		return;
+	for (q = s->ready_head; q != NULL && q != e; q = q->rnext)
+		p = q;
+	ASSERT(q == e);
+	if (p)
+		p->rnext = e->rnext;
+	else
+		s->ready_head = e->rnext;
+	if (s->ready_tail == e)
+		s->ready_tail = p;
+	e->ready = 0;
+	e->rnext = NULL;
+}
+
+static void set_last_error(struct qentry *e, const char *text)
+{
+	free(e->last_error);
+	e->last_error = xstrdup(text);
+}
+
+/* What "queue list" shows of a message, from its files. */
+static void entry_note_msg(struct qentry *e, const struct spool_msg *m)
+{
+	size_t i;
+
+	if (e->sender == NULL)
+		e->sender = xstrdup(m->sender);
+	e->size = m->file_size;
+	e->nrcpts = m->nrcpts;
+	e->left = 0;
+	for (i = 0; i < m->nrcpts; i++)
+		e->left += m->rstate[i] == SPOOL_RCPT_PENDING;
+	e->held = m->hold;
+}
+
 /* --- timers -------------------------------------------------------------- */
 
 static void arm_timer(struct scheduler *s, double now)
@@ -377,6 +427,13 @@ static void call_done(struct delivery *d)
 		const char *text = d->text[i];
 
 		log_result(s, e, d->rcpts[i], d->status[i], text, c->started);
+		if (d->status[i] == DELIVERY_SENT) {
+			metrics.sent++;
+			metrics_delivery_delay(now - e->arrival);
+		} else if (d->status[i] == DELIVERY_BOUNCE)
+			metrics.bounced++;
+		else
+			metrics.deferred++;
 		switch (d->status[i]) {
 		case DELIVERY_SENT:
 		case DELIVERY_BOUNCE:
@@ -385,24 +442,28 @@ static void call_done(struct delivery *d)
 			free(e->msg->rtext[idx]);
 			e->msg->rtext[idx] = xstrdup(text);
 			e->dirty[idx] = 1;
+			if (e->left > 0)
+				e->left--;
 			if (d->status[i] != DELIVERY_SENT)
 				all_sent = 0;
 			break;
 		case DELIVERY_DEFER:
 			e->pass_deferred = 1;
 			all_sent = 0;
-			snprintf(e->last_error, sizeof(e->last_error), "%s", text);
+			set_last_error(e, text);
 			break;
 		case DELIVERY_THROTTLED:
 		case DELIVERY_QUOTA:
 		case DELIVERY_OPERATOR:
 			e->pass_paused = 1;
 			all_sent = 0;
-			snprintf(e->last_error, sizeof(e->last_error), "%s", text);
+			set_last_error(e, text);
 			break;
 		}
 	}
 	/* transport-wide conditions: judged once per call */
+	if (d->nrcpts > 0 && (int)d->status[0] < METRICS_OUTCOMES)
+		metrics.ses_requests[d->status[0]]++;
 	switch (d->status[0]) {
 	case DELIVERY_THROTTLED:
 		ratelimit_throttled(&s->rl, recent_rate(s, now), now);
@@ -493,9 +554,13 @@ static int next_message(struct scheduler *s)
 		if (e->msg == NULL) {
 			log_warnx("%s: cannot be delivered: %s; left in the spool", e->id, err);
 			index_remove(s, e);
+			free(e->dirty);
+			free(e->sender);
+			free(e->last_error);
 			free(e);
 			continue;
 		}
+		entry_note_msg(e, e->msg);
 		if (e->msg->hold) {
 			spool_msg_close(e->msg);
 			e->msg = NULL;
@@ -647,8 +712,54 @@ static void finish(struct scheduler *s, struct qentry *e)
 		log_info("%s: removed", e->id);
 	spool_msg_close(e->msg);
 	free(e->dirty);
+	free(e->sender);
+	free(e->last_error);
 	index_remove(s, e);
 	free(e);
+}
+
+/* "queue delete": remove without delivering or bouncing.  0, or -1 with
+ * errno (e is then untouched). */
+static int operator_remove(struct scheduler *s, struct qentry *e)
+{
+	if (spool_remove(s->spool, e->id) == -1 && errno != ENOENT) {
+		log_warn("%s: cannot remove from the spool", e->id);
+		return -1;
+	}
+	log_info("%s: removed (deleted by the operator)", e->id);
+	if (e->heap_pos >= 0)
+		heap_remove(s, e);
+	ready_remove(s, e);
+	if (s->cur == e)
+		s->cur = NULL;
+	spool_msg_close(e->msg);
+	free(e->dirty);
+	free(e->sender);
+	free(e->last_error);
+	index_remove(s, e);
+	free(e);
+	return 0;
+}
+
+/* "queue hold": record it, then take e out of the schedule.  0 or -1 (errno). */
+static int park(struct scheduler *s, struct qentry *e)
+{
+	if (spool_record_hold(s->spool, e->id, 1) == -1) {
+		log_warn("%s: cannot record the hold in the spool", e->id);
+		return -1;
+	}
+	if (e->heap_pos >= 0)
+		heap_remove(s, e);
+	ready_remove(s, e);
+	if (s->cur == e)
+		s->cur = NULL;
+	spool_msg_close(e->msg);
+	e->msg = NULL;
+	e->held = 1;
+	e->hold_req = 0;
+	e->next_try = 0;
+	log_info("%s: held by the operator", e->id);
+	return 0;
 }
 
 static void bounce_committed(void *arg, const char *bounce_id, int error)
@@ -659,6 +770,8 @@ static void bounce_committed(void *arg, const char *bounce_id, int error)
 
 	free(j);
 	e->finishing = 0;
+	if (error != 0 && e->deleted && operator_remove(s, e) == 0)
+		return;
 	if (error != 0) {
 		errno = error;
 		log_warn("%s: cannot queue the bounce; will try again", e->id);
@@ -670,6 +783,7 @@ static void bounce_committed(void *arg, const char *bounce_id, int error)
 		return;
 	}
 	log_info("%s: sender non-delivery notification: %s", e->id, bounce_id);
+	metrics.dsn++;
 	spool_msg_record_dsn(s->spool, e->msg);
 	finish(s, e);
 }
@@ -752,10 +866,26 @@ static void pass_end(struct scheduler *s, struct qentry *e)
 	double now = util_now();
 	size_t i, pending = 0, bounced = 0;
 
+	if (e->deleted) { /* "queue delete" during the pass */
+		e->deleted = 0;
+		if (operator_remove(s, e) == 0)
+			return;
+	}
 	for (i = 0; i < m->nrcpts; i++) {
 		pending += m->rstate[i] == SPOOL_RCPT_PENDING;
 		bounced += m->rstate[i] == SPOOL_RCPT_BOUNCED;
 	}
+	e->left = pending;
+	if (pending > 0 && e->hold_req) { /* "queue hold" during the pass */
+		if (e->pass_deferred)
+			e->attempts++;
+		record_dirty(s, e);
+		if (park(s, e) == 0)
+			return;
+		if (e->pass_deferred)
+			e->attempts--; /* counted again below */
+	}
+	e->hold_req = 0;
 	if (pending == 0) {
 		if (bounced)
 			bounce_and_finish(s, e, 0);
@@ -768,13 +898,14 @@ static void pass_end(struct scheduler *s, struct qentry *e)
 	if (now - e->arrival > (double)s->lifetime) {
 		char text[DELIVERY_TEXT_MAX + 64];
 		snprintf(text, sizeof(text), "message could not be delivered for %.0f hours: %s",
-		    (now - e->arrival) / 3600, e->last_error[0] ? e->last_error : "no reason recorded");
+		    (now - e->arrival) / 3600, e->last_error ? e->last_error : "no reason recorded");
 		for (i = 0; i < m->nrcpts; i++)
 			if (m->rstate[i] == SPOOL_RCPT_PENDING) {
+				metrics.bounced++;
 				log_info("%s: to=<%s>, relay=%s, delay=%.0f, attempts=%d, status=bounced "
 					 "(expired: %s)",
 				    e->id, m->rcpts[i], s->t ? s->t->name : "none", now - e->arrival,
-				    e->attempts, e->last_error);
+				    e->attempts, e->last_error ? e->last_error : "");
 				m->rstate[i] = SPOOL_RCPT_BOUNCED;
 				free(m->rtext[i]);
 				m->rtext[i] = xstrdup(text);
@@ -887,7 +1018,14 @@ void scheduler_set_transport(struct scheduler *s, struct transport *t,
 
 void scheduler_add(struct scheduler *s, const char *id, double arrival)
 {
+	scheduler_add_new(s, id, arrival, 0, NULL, 0);
+}
+
+void scheduler_add_new(struct scheduler *s, const char *id, double arrival, uint64_t size,
+    const char *sender, size_t nrcpts)
+{
 	struct qentry *e;
+	char err[256];
 	unsigned h;
 
 	if (index_find(s, id) != NULL)
@@ -900,11 +1038,29 @@ void scheduler_add(struct scheduler *s, const char *id, double arrival)
 	e->hnext = s->index[h];
 	s->index[h] = e;
 	s->nentries++;
+	if (sender != NULL) {
+		/* just committed: the envelope is known and nothing is done yet */
+		e->sender = xstrdup(sender);
+		e->size = size;
+		e->nrcpts = e->left = nrcpts;
+	} else {
+		/* found at start: one read of the envelope and state so that
+		 * "queue list" knows sender, recipients left and holds of every
+		 * message, also those not yet attempted; a file that cannot be
+		 * read is reported by next_message(). */
+		struct spool_msg *m = spool_msg_open(s->spool, id, err, sizeof(err));
+		if (m != NULL) {
+			entry_note_msg(e, m);
+			spool_msg_close(m);
+		}
+	}
+	if (e->held)
+		return; /* parked by the operator before a restart */
 	ready_push(s, e);
 	kick(s);
 }
 
-void scheduler_flush(struct scheduler *s)
+size_t scheduler_flush(struct scheduler *s)
 {
 	size_t n = s->nheap;
 
@@ -917,6 +1073,7 @@ void scheduler_flush(struct scheduler *s)
 	s->operator_streak = 0;
 	log_info("flush: %zu deferred message(s) are due now", n);
 	kick(s);
+	return n;
 }
 
 void scheduler_stop(struct scheduler *s, void (*done)(void *), void *arg)
@@ -967,6 +1124,8 @@ void scheduler_free(struct scheduler *s)
 			s->index[i] = e->hnext;
 			spool_msg_close(e->msg);
 			free(e->dirty);
+			free(e->sender);
+			free(e->last_error);
 			free(e);
 		}
 	free(s->heap);
@@ -976,4 +1135,196 @@ void scheduler_free(struct scheduler *s)
 	free(s->bounce_from);
 	free(s->hostname);
 	free(s);
+}
+
+/* --- "sesrelay queue" ----------------------------------------------------- */
+
+static void entry_info(const struct qentry *e, struct scheduler_info *info)
+{
+	memset(info, 0, sizeof(*info));
+	info->id = e->id;
+	info->arrival = e->arrival;
+	info->size = e->size;
+	info->sender = e->sender;
+	info->nrcpts = e->nrcpts;
+	info->left = e->left;
+	info->attempts = e->attempts;
+	info->last_error = e->last_error ? e->last_error : "";
+	info->hold_pending = e->hold_req;
+	info->delete_pending = e->deleted;
+	if (e->held)
+		info->state = SCHED_HELD;
+	else if (e->finishing)
+		info->state = SCHED_BOUNCING;
+	else if (e->msg != NULL)
+		info->state = SCHED_ACTIVE;
+	else if (e->heap_pos >= 0) {
+		info->state = SCHED_DEFERRED;
+		info->next_try = e->next_try;
+	} else
+		info->state = SCHED_QUEUED;
+}
+
+void scheduler_foreach(struct scheduler *s, scheduler_info_cb cb, void *arg)
+{
+	struct scheduler_info info;
+	struct qentry *e;
+	size_t i;
+
+	for (i = 0; i < INDEX_SIZE; i++)
+		for (e = s->index[i]; e != NULL; e = e->hnext) {
+			entry_info(e, &info);
+			cb(arg, &info);
+		}
+}
+
+int scheduler_lookup(struct scheduler *s, const char *id, struct scheduler_info *info)
+{
+	struct qentry *e = index_find(s, id);
+
+	if (e == NULL)
+		return -1;
+	entry_info(e, info);
+	return 0;
+}
+
+static struct qentry *op_find(struct scheduler *s, const char *id, char *msg, size_t len)
+{
+	struct qentry *e = index_find(s, id);
+
+	if (e == NULL)
+		snprintf(msg, len, "no message %s in the queue", id);
+	return e;
+}
+
+enum scheduler_op scheduler_flush_id(struct scheduler *s, const char *id, char *msg, size_t len)
+{
+	struct qentry *e;
+
+	if ((e = op_find(s, id, msg, len)) == NULL)
+		return SCHED_OP_NOTFOUND;
+	if (e->held) {
+		snprintf(msg, len, "%s is on hold: release it first (sesrelay queue release %s)", id,
+		    id);
+		return SCHED_OP_REFUSED;
+	}
+	/* the operator wants it tried now: lift the transport-wide pauses too */
+	s->paused_until = 0;
+	s->operator_streak = 0;
+	if (e->heap_pos >= 0) {
+		heap_remove(s, e);
+		ready_push(s, e);
+		log_info("%s: flush: due now", id);
+		snprintf(msg, len, "%s: due now", id);
+	} else if (e->msg != NULL)
+		snprintf(msg, len, "%s: a delivery attempt is in progress", id);
+	else
+		snprintf(msg, len, "%s: already due", id);
+	kick(s);
+	return SCHED_OP_DONE;
+}
+
+enum scheduler_op scheduler_hold(struct scheduler *s, const char *id, char *msg, size_t len)
+{
+	struct qentry *e;
+
+	if ((e = op_find(s, id, msg, len)) == NULL)
+		return SCHED_OP_NOTFOUND;
+	if (e->held) {
+		snprintf(msg, len, "%s: already on hold", id);
+		return SCHED_OP_DONE;
+	}
+	if (e->finishing) {
+		snprintf(msg, len, "%s is finished: its bounce is being queued, then it is removed",
+		    id);
+		return SCHED_OP_REFUSED;
+	}
+	if (e->msg != NULL) { /* a pass is in progress */
+		e->hold_req = 1;
+		if (s->cur == e)
+			s->cur = NULL; /* no further calls for it */
+		if (e->inflight == 0) {
+			pass_end(s, e); /* parks it (or finishes it if nothing is left) */
+			kick(s);
+			snprintf(msg, len, "%s: on hold", id);
+			return SCHED_OP_DONE;
+		}
+		snprintf(msg, len,
+		    "%s: a delivery attempt is in flight; the message is held when it returns", id);
+		kick(s);
+		return SCHED_OP_PENDING;
+	}
+	if (park(s, e) == -1) {
+		snprintf(msg, len, "%s: cannot record the hold in the spool: %s", id,
+		    strerror(errno));
+		return SCHED_OP_FAILED;
+	}
+	arm_timer(s, util_now());
+	snprintf(msg, len, "%s: on hold", id);
+	return SCHED_OP_DONE;
+}
+
+enum scheduler_op scheduler_release(struct scheduler *s, const char *id, char *msg, size_t len)
+{
+	struct qentry *e;
+
+	if ((e = op_find(s, id, msg, len)) == NULL)
+		return SCHED_OP_NOTFOUND;
+	if (e->hold_req) {
+		e->hold_req = 0;
+		snprintf(msg, len, "%s: hold cancelled (its delivery attempt was still in flight)",
+		    id);
+		return SCHED_OP_DONE;
+	}
+	if (!e->held) {
+		snprintf(msg, len, "%s is not on hold", id);
+		return SCHED_OP_REFUSED;
+	}
+	if (spool_record_hold(s->spool, e->id, 0) == -1) {
+		snprintf(msg, len, "%s: cannot record the release in the spool: %s", id,
+		    strerror(errno));
+		log_warn("%s: cannot record the release in the spool", id);
+		return SCHED_OP_FAILED;
+	}
+	e->held = 0;
+	log_info("%s: released by the operator", id);
+	ready_push(s, e);
+	kick(s);
+	snprintf(msg, len, "%s: released", id);
+	return SCHED_OP_DONE;
+}
+
+enum scheduler_op scheduler_delete(struct scheduler *s, const char *id, char *msg, size_t len)
+{
+	struct qentry *e;
+
+	if ((e = op_find(s, id, msg, len)) == NULL)
+		return SCHED_OP_NOTFOUND;
+	if (e->msg != NULL) { /* a pass is in progress, or its bounce is being queued */
+		e->deleted = 1;
+		if (s->cur == e)
+			s->cur = NULL;
+		if (e->finishing) {
+			snprintf(msg, len,
+			    "%s: its bounce is being queued; the message is removed then", id);
+			return SCHED_OP_PENDING;
+		}
+		if (e->inflight == 0) {
+			pass_end(s, e); /* removes it */
+			kick(s);
+			snprintf(msg, len, "%s: deleted", id);
+			return SCHED_OP_DONE;
+		}
+		snprintf(msg, len,
+		    "%s: a delivery attempt is in flight; the message is deleted when it returns", id);
+		kick(s);
+		return SCHED_OP_PENDING;
+	}
+	if (operator_remove(s, e) == -1) {
+		snprintf(msg, len, "%s: cannot remove it from the spool: %s", id, strerror(errno));
+		return SCHED_OP_FAILED;
+	}
+	arm_timer(s, util_now());
+	snprintf(msg, len, "%s: deleted", id);
+	return SCHED_OP_DONE;
 }

@@ -74,7 +74,7 @@ struct spool {
 	uint32_t seq;
 	double space_checked;
 	uint64_t space_free;
-	spool_message_cb hook;
+	spool_commit_hook hook;
 	void *hook_arg;
 	struct recovered *found;   /* messages found by recovery, sorted */
 	size_t nfound;
@@ -94,6 +94,8 @@ struct spool_writer {
 	uint64_t env_size;    /* bytes of envelope, before the message */
 	uint64_t file_size;   /* bytes written to the file so far */
 	double arrival;
+	char *sender;         /* for the commit hook */
+	size_t nrcpts;
 	spool_commit_cb cb;
 	void *cbarg;
 };
@@ -425,6 +427,8 @@ struct spool_writer *spool_writer_begin(struct spool *sp, const struct spool_env
 	}
 	w->buf = evbuffer_new();
 	w->arrival = util_now();
+	w->sender = xstrdup(env->sender);
+	w->nrcpts = env->nrcpts;
 	evbuffer_add_printf(w->buf, SPOOL_MAGIC "id %s\narrival %.6f\nclient %s\nhelo %s\n", w->id,
 	    w->arrival, env->client, env->helo ? env->helo : "");
 	if (env->auth_user)
@@ -475,6 +479,7 @@ int spool_writer_flush(struct spool_writer *w, int force)
 
 static void writer_free(struct spool_writer *w)
 {
+	free(w->sender);
 	if (w->fd != -1)
 		close(w->fd);
 	evbuffer_free(w->buf);
@@ -509,7 +514,7 @@ static void commit_done(void *arg, int error)
 	}
 	w->cb(w->cbarg, w->id, error);
 	if (error == 0 && sp->hook)
-		sp->hook(sp->hook_arg, w->id, w->arrival, w->file_size);
+		sp->hook(sp->hook_arg, w->id, w->arrival, w->file_size, w->sender, w->nrcpts);
 	w->fd = -1; /* closed by the sync job */
 	writer_free(w);
 }
@@ -555,7 +560,7 @@ uint64_t spool_queue_bytes(const struct spool *sp)
 
 /* --- hooks --------------------------------------------------------------- */
 
-void spool_set_commit_hook(struct spool *sp, spool_message_cb cb, void *arg)
+void spool_set_commit_hook(struct spool *sp, spool_commit_hook cb, void *arg)
 {
 	sp->hook = cb;
 	sp->hook_arg = arg;
@@ -827,4 +832,37 @@ int spool_remove(struct spool *sp, const char *id)
 		sp->nmessages--;
 	sp->nbytes = sp->nbytes >= (uint64_t)st.st_size ? sp->nbytes - (uint64_t)st.st_size : 0;
 	return 0;
+}
+
+/* --- for "sesrelay queue" ------------------------------------------------- */
+
+int spool_valid_id(const char *s)
+{
+	return valid_id(s);
+}
+
+struct spool *spool_open_readonly(const char *path, char *err, size_t errlen)
+{
+	struct spool *sp = xcalloc(1, sizeof(*sp));
+
+	sp->path = xstrdup(path);
+	sp->rootfd = sp->tmpfd = sp->queuefd = -1;
+	if ((sp->rootfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1 ||
+	    (sp->queuefd = openat(sp->rootfd, "queue", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1) {
+		int e = errno;
+		snprintf(err, errlen, "cannot open spool %s: %s", path, strerror(e));
+		spool_close(sp);
+		errno = e;
+		return NULL;
+	}
+	return sp;
+}
+
+int spool_record_hold(struct spool *sp, const char *id, int hold)
+{
+	if (!valid_id(id)) {
+		errno = EINVAL;
+		return -1;
+	}
+	return state_append(sp, id, hold ? "hold\n" : "release\n");
 }

@@ -70,7 +70,10 @@ void spool_writer_commit(struct spool_writer *w, spool_commit_cb cb, void *arg);
 /* Called after every successful commit (and, through spool_foreach, for
  * messages found at start): the scheduler's way to learn of new mail. */
 typedef void (*spool_message_cb)(void *arg, const char *id, double arrival, uint64_t size);
-void spool_set_commit_hook(struct spool *sp, spool_message_cb cb, void *arg);
+/* After a commit the envelope is known: passed along to save a re-read. */
+typedef void (*spool_commit_hook)(void *arg, const char *id, double arrival, uint64_t size,
+    const char *sender, size_t nrcpts);
+void spool_set_commit_hook(struct spool *sp, spool_commit_hook cb, void *arg);
 /* Every message recovered by spool_open(), oldest first. */
 void spool_foreach(struct spool *sp, spool_message_cb cb, void *arg);
 
@@ -105,6 +108,19 @@ int spool_msg_record(struct spool *sp, struct spool_msg *m, size_t idx,
 int spool_msg_record_dsn(struct spool *sp, struct spool_msg *m);
 /* Delete queue/ID and state/ID: the message is finished. */
 int spool_remove(struct spool *sp, const char *id);
+
+/* --- for "sesrelay queue" (relay/control.c, relay/queue_cli.c) ----------- */
+
+/* 1 if s has the form of a queue id. */
+int spool_valid_id(const char *s);
+/* Open an existing spool for the queue command while no daemon runs: creates,
+ * recovers and deletes nothing (tmp/ is never touched).  Only spool_msg_open,
+ * spool_msg_close, spool_remove, spool_record_hold and spool_close may be used
+ * on it.  NULL with a reason and errno (ENOENT: there is no such spool). */
+struct spool *spool_open_readonly(const char *path, char *err, size_t errlen);
+/* Append "hold" (parked by the operator) or "release" to state/ID: durable
+ * before it returns on a read-only spool, off the loop on the daemon's. */
+int spool_record_hold(struct spool *sp, const char *id, int hold);
 
 /* Number of commits handed off and not yet reported back. */
 size_t spool_commits_pending(const struct spool *sp);

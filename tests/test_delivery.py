@@ -707,7 +707,6 @@ def test_sigusr1_flushes_deferred(ses_relay, fake):
     r.wait_log(sent_rx(qid, "bob@example.net", attempts=2))
 
 
-@pytest.mark.skip(reason="'sesrelay queue flush' (control socket) is issue 6; SIGUSR1 is tested above")
 def test_queue_flush_command(ses_relay, fake):
     r, qid = _deferred_for_an_hour(ses_relay, fake)
     p = subprocess.run([BIN, "-c", r.config, "queue", "flush"], capture_output=True,
