@@ -218,6 +218,21 @@ const char *user_name(const struct user *u)
 	return u->name;
 }
 
+const struct user *users_at(const struct users *u, size_t i)
+{
+	return u && i < u->n ? &u->v[i] : NULL;
+}
+
+size_t user_sender_count(const struct user *u)
+{
+	return u->nsenders;
+}
+
+const char *user_sender_at(const struct user *u, size_t i)
+{
+	return i < u->nsenders ? u->senders[i] : NULL;
+}
+
 int users_verify_hash(const char *hash, const char *password)
 {
 	struct crypt_data *cd = xcalloc(1, sizeof(*cd));

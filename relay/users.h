@@ -32,6 +32,11 @@ int users_verify_hash(const char *hash, const char *password);
 const char *user_hash(const struct user *u);
 /* 1 when addr (an address, "" for <>) is one the user may send as. */
 int users_sender_allowed(const struct user *u, const char *addr);
+/* Enumeration, in file order (for `sesrelay check`): the i-th user (i <
+ * users_count), and the i-th of its allowed senders as written ("a@b", "@b", "*"). */
+const struct user *users_at(const struct users *u, size_t i);
+size_t user_sender_count(const struct user *u);
+const char *user_sender_at(const struct user *u, size_t i);
 /* A new yescrypt hash of password (caller frees), or NULL. */
 char *users_hash(const char *password);
 /* `sesrelay passwd [USER [SENDER...]]` */

@@ -987,6 +987,76 @@ int ses_api_parse_account(const char *body, size_t len, struct ses_api_account *
 	return 0;
 }
 
+int ses_api_json_array_string(const char *json, size_t len, const char *path, size_t index,
+                              char *out, size_t size)
+{
+	struct sout o = {out, size, 0, 0};
+	struct jcur v;
+	size_t i;
+
+	if (size == 0 || j_lookup(json, len, path, &v) == -1 || v.p >= v.end || *v.p != '[')
+		return -1;
+	out[0] = '\0';
+	v.p++;
+	for (i = 0;; i++) {
+		j_ws(&v);
+		if (v.p >= v.end || *v.p == ']')
+			return -1; /* fewer elements */
+		if (i == index)
+			return *v.p == '"' && j_string(&v, &o) == 0 && !o.full ? 0 : -1;
+		if (j_skip(&v, 1) == -1)
+			return -1;
+		j_ws(&v);
+		if (v.p >= v.end || *v.p++ != ',')
+			return -1;
+	}
+}
+
+/* A DKIM token becomes a DNS label: 1-63 letters, digits or '-', nothing else. */
+static int dns_label_ok(const char *s)
+{
+	size_t n = strlen(s);
+
+	if (n == 0 || n > 63)
+		return 0;
+	for (; *s; s++)
+		if (!isalnum((unsigned char)*s) && *s != '-')
+			return 0;
+	return 1;
+}
+
+int ses_api_parse_identity(const char *body, size_t len, struct ses_api_identity *out)
+{
+	char tok[SES_API_TOKEN_MAX];
+	size_t i;
+
+	memset(out, 0, sizeof(*out));
+	if (ses_api_json_bool(body, len, "VerifiedForSendingStatus", &out->verified) == -1)
+		return -1;
+	ses_api_json_string(body, len, "VerificationStatus", out->verification_status,
+	                    sizeof(out->verification_status));
+	ses_api_json_string(body, len, "DkimAttributes.Status", out->dkim_status,
+	                    sizeof(out->dkim_status));
+	if (ses_api_json_bool(body, len, "DkimAttributes.SigningEnabled", &out->dkim_signing) == -1)
+		out->dkim_signing = 0;
+	for (i = 0; out->ndkim_tokens < SES_API_DKIM_TOKENS_MAX && i < 16; i++) {
+		if (ses_api_json_array_string(body, len, "DkimAttributes.Tokens", i, tok,
+		                              sizeof(tok)) == -1)
+			break;
+		if (dns_label_ok(tok))
+			memcpy(out->dkim_tokens[out->ndkim_tokens++], tok, sizeof(tok));
+	}
+	ses_api_json_string(body, len, "MailFromAttributes.MailFromDomain", out->mail_from_domain,
+	                    sizeof(out->mail_from_domain));
+	ses_api_json_string(body, len, "MailFromAttributes.MailFromDomainStatus",
+	                    out->mail_from_status, sizeof(out->mail_from_status));
+	sanitize(out->verification_status);
+	sanitize(out->dkim_status);
+	sanitize(out->mail_from_domain);
+	sanitize(out->mail_from_status);
+	return 0;
+}
+
 /* ========================================================================= */
 /* The transport                                                             */
 /* ========================================================================= */

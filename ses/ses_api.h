@@ -147,6 +147,26 @@ struct ses_api_account {
 /* 0, or -1 when the body lacks SendQuota.MaxSendRate or is not JSON. */
 int ses_api_parse_account(const char *body, size_t len, struct ses_api_account *out);
 
+/* A GetEmailIdentity answer (GET /v2/email/identities/{id}), for `sesrelay check`. */
+#define SES_API_DKIM_TOKENS_MAX 3 /* Easy DKIM: three CNAMEs */
+#define SES_API_TOKEN_MAX       64
+#define SES_API_STATUS_MAX      32
+#define SES_API_DOMAIN_MAX      256
+struct ses_api_identity {
+	int verified;                                 /* VerifiedForSendingStatus */
+	char verification_status[SES_API_STATUS_MAX]; /* VerificationStatus ("" if absent) */
+	char dkim_status[SES_API_STATUS_MAX];         /* DkimAttributes.Status */
+	int dkim_signing;                             /* DkimAttributes.SigningEnabled */
+	char dkim_tokens[SES_API_DKIM_TOKENS_MAX][SES_API_TOKEN_MAX]; /* .Tokens */
+	size_t ndkim_tokens;
+	char mail_from_domain[SES_API_DOMAIN_MAX]; /* MailFromAttributes.MailFromDomain */
+	char mail_from_status[SES_API_STATUS_MAX]; /* MailFromAttributes.MailFromDomainStatus */
+};
+
+/* 0, or -1 when the body is not JSON or lacks VerifiedForSendingStatus.  Text
+ * is capped and printable; a token that is not a DNS label is dropped. */
+int ses_api_parse_identity(const char *body, size_t len, struct ses_api_identity *out);
+
 /*
  * The value at PATH ("SendQuota.MaxSendRate": object keys joined by '.') in a
  * JSON document, depth and lengths capped.  _string decodes escapes into out
@@ -155,6 +175,10 @@ int ses_api_parse_account(const char *body, size_t len, struct ses_api_account *
 int ses_api_json_string(const char *json, size_t len, const char *path, char *out, size_t size);
 int ses_api_json_number(const char *json, size_t len, const char *path, double *out);
 int ses_api_json_bool(const char *json, size_t len, const char *path, int *out);
+/* The string at INDEX (from 0) of the array at PATH; 0 found, -1 not (not a
+ * string, or longer than size-1). */
+int ses_api_json_array_string(const char *json, size_t len, const char *path, size_t index,
+                              char *out, size_t size);
 /* The text of the first <TAG> inside the first <SCOPE> element (SCOPE NULL:
  * anywhere), entities decoded, cut to size-1.  0 found, -1 not. */
 int ses_api_xml_text(const char *xml, size_t len, const char *scope, const char *tag, char *out,
