@@ -10,6 +10,7 @@
 #include <string.h>
 
 #include "conf/conf.h"
+#include "relay/check.h"
 #include "relay/daemon.h"
 #include "relay/queue_cli.h"
 #include "relay/sendmail.h"
@@ -101,10 +102,8 @@ int main(int argc, char **argv)
 		return sendmail_main(argc - 1, argv + 1, config);
 	if (strcmp(cmd, "smtp-password") == 0)
 		return smtp_client_cli_password(argc - 1, argv + 1);
-	if (strcmp(cmd, "check") == 0) {
-		fprintf(stderr, "sesrelay: '%s' is not available in this build yet\n", cmd);
-		return 1;
-	}
+	if (strcmp(cmd, "check") == 0)
+		return check_main(argc, argv, config);
 	fprintf(stderr, "sesrelay: unknown command or option '%s'\n", cmd);
 	usage(stderr);
 	return EX_USAGE_;
