@@ -710,7 +710,7 @@ static void finish(struct scheduler *s, struct qentry *e)
 		log_warn("%s: cannot remove from the spool", e->id);
 	else
 		log_info("%s: removed", e->id);
-	spool_msg_close(e->msg);
+	spool_msg_close_removed(s->spool, e->msg);
 	free(e->dirty);
 	free(e->sender);
 	free(e->last_error);

@@ -749,6 +749,17 @@ void spool_msg_close(struct spool_msg *m)
 	free(m);
 }
 
+void spool_msg_close_removed(struct spool *sp, struct spool_msg *m)
+{
+	if (m == NULL)
+		return;
+	if (m->fd != -1 && sp->sync != NULL) {
+		spool_sync_close(sp->sync, m->fd);
+		m->fd = -1;
+	}
+	spool_msg_close(m);
+}
+
 static int state_append(struct spool *sp, const char *id, const char *line)
 {
 	int sfd, fd;

@@ -100,6 +100,8 @@ struct spool_msg {
 /* Open and parse queue/ID and replay state/ID.  NULL with a reason in err. */
 struct spool_msg *spool_msg_open(struct spool *sp, const char *id, char *err, size_t errlen);
 void spool_msg_close(struct spool_msg *m);
+/* The same for a message just removed: its file is closed off the loop. */
+void spool_msg_close_removed(struct spool *sp, struct spool_msg *m);
 /* Append a durable per-recipient result ("sent"/"bounced") to state/ID;
  * made durable off the loop.  0 or -1 (errno). */
 int spool_msg_record(struct spool *sp, struct spool_msg *m, size_t idx,

@@ -39,6 +39,7 @@ struct sync_job {
 	char from[SPOOL_NAME_MAX];
 	char to[SPOOL_NAME_MAX];
 	int error;
+	int close_only;       /* just close(2) it: see spool_sync_close() */
 	spool_sync_done done;
 	void *arg;
 };
@@ -91,6 +92,11 @@ static void run_job(struct spool_sync *ss, struct sync_job *j)
 {
 	int err = 0;
 
+	if (j->close_only) {
+		close(j->fd);
+		j->fd = -1;
+		return;
+	}
 	if (fsync(j->fd) == -1)
 		err = errno;
 	if (close(j->fd) == -1 && err == 0)
@@ -223,6 +229,19 @@ void spool_sync_submit(struct spool_sync *ss, int fd, const char *from, const ch
 void spool_sync_fsync(struct spool_sync *ss, int fd)
 {
 	spool_sync_submit(ss, fd, "", "", NULL, NULL);
+}
+
+void spool_sync_close(struct spool_sync *ss, int fd)
+{
+	struct sync_job *j = xcalloc(1, sizeof(*j));
+
+	j->fd = fd;
+	j->close_only = 1;
+	pthread_mutex_lock(&ss->lock);
+	*ss->todo_tail = j;
+	ss->todo_tail = &j->next;
+	pthread_cond_signal(&ss->work);
+	pthread_mutex_unlock(&ss->lock);
 }
 
 void spool_sync_free(struct spool_sync *ss)

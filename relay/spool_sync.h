@@ -23,6 +23,9 @@ void spool_sync_submit(struct spool_sync *ss, int fd, const char *from, const ch
 /* fsync fd and close it, off the loop; nothing is reported back (used for
  * the append-only state files, where durability "soon" is what we need). */
 void spool_sync_fsync(struct spool_sync *ss, int fd);
+/* close(2) fd off the loop.  For the last descriptor of a removed file the
+ * kernel frees its blocks then, which may wait for the disk (discard). */
+void spool_sync_close(struct spool_sync *ss, int fd);
 /* Finish queued jobs, stop the threads, run remaining completions, free. */
 void spool_sync_free(struct spool_sync *ss);
 
