@@ -1602,58 +1602,12 @@ static void collect_targets(struct check *ck)
 
 static void ses_next(struct check *ck);
 
-static struct curl_slist *slist_add(struct curl_slist *l, const char *name, const char *value)
-{
-	char *line = xasprintf("%s: %s", name, value);
-	struct curl_slist *n = curl_slist_append(l, line);
-
-	OPENSSL_cleanse(line, strlen(line)); /* may be the session token */
-	free(line);
-	if (n == NULL)
-		fatalx("curl_slist_append failed");
-	return n;
-}
-
-/* Host, X-Amz-Date, X-Amz-Security-Token (temporary keys), all signed, and
- * Authorization, for a GET of path; NULL with *err when sigv4 refuses. */
+/* A signed GET of path (the same headers the transport signs). */
 static struct curl_slist *sign_get(struct check *ck, const char *path,
                                    const struct sigv4_credentials *cr, const char **err)
 {
-	char amz_date[SIGV4_AMZ_DATE_SIZE];
-	struct sigv4_header hs[3];
-	struct sigv4_request req;
-	struct sigv4_signed s;
-	struct curl_slist *l = NULL;
-	size_t n = 0, i;
-
-	memset(&s, 0, sizeof(s));
-	if (sigv4_amz_date(time(NULL), amz_date) == -1) {
-		*err = "the clock is out of range";
-		return NULL;
-	}
-	hs[n++] = (struct sigv4_header){"Host", ck->host};
-	hs[n++] = (struct sigv4_header){"X-Amz-Date", amz_date};
-	if (cr->session_token && *cr->session_token)
-		hs[n++] = (struct sigv4_header){"X-Amz-Security-Token", cr->session_token};
-	memset(&req, 0, sizeof(req));
-	req.method = "GET";
-	req.path = path;
-	req.headers = hs;
-	req.nheaders = n;
-	req.payload_hash = SIGV4_EMPTY_SHA256;
-	req.region = ck->conf->region;
-	req.service = SES_SERVICE;
-	req.amz_date = amz_date;
-	if (sigv4_sign(&req, cr, &s) == -1) {
-		*err = s.error ? s.error : "signing failed";
-		sigv4_signed_free(&s);
-		return NULL;
-	}
-	for (i = 0; i < n; i++)
-		l = slist_add(l, hs[i].name, hs[i].value);
-	l = slist_add(l, "Authorization", s.authorization);
-	sigv4_signed_free(&s);
-	return l;
+	return ses_api_sign(ck->host, ck->conf->region, "GET", path, NULL, SIGV4_EMPTY_SHA256, cr,
+	                    err);
 }
 
 /* Start a signed GET; -1 with err when it cannot even be sent. */

@@ -1118,9 +1118,10 @@ static struct curl_slist *slist_add(struct curl_slist *l, const char *name, cons
  * X-Amz-Date, X-Amz-Security-Token for temporary credentials, all signed, and
  * Authorization.  NULL with *err when sigv4 refuses.
  */
-static struct curl_slist *sign_request(struct ses_api *api, const char *method, const char *path,
-                                       const char *content_type, const char *payload_hash,
-                                       const struct sigv4_credentials *cr, const char **err)
+struct curl_slist *ses_api_sign(const char *host, const char *region, const char *method,
+                                const char *path, const char *content_type,
+                                const char *payload_hash, const struct sigv4_credentials *cr,
+                                const char **err)
 {
 	char amz_date[SIGV4_AMZ_DATE_SIZE];
 	struct sigv4_header hs[4];
@@ -1136,7 +1137,7 @@ static struct curl_slist *sign_request(struct ses_api *api, const char *method, 
 	}
 	if (content_type)
 		hs[n++] = (struct sigv4_header){"Content-Type", content_type};
-	hs[n++] = (struct sigv4_header){"Host", api->host};
+	hs[n++] = (struct sigv4_header){"Host", host};
 	hs[n++] = (struct sigv4_header){"X-Amz-Date", amz_date};
 	if (cr->session_token && *cr->session_token)
 		hs[n++] = (struct sigv4_header){"X-Amz-Security-Token", cr->session_token};
@@ -1146,7 +1147,7 @@ static struct curl_slist *sign_request(struct ses_api *api, const char *method, 
 	req.headers = hs;
 	req.nheaders = n;
 	req.payload_hash = payload_hash;
-	req.region = api->region;
+	req.region = region;
 	req.service = SES_SERVICE;
 	req.amz_date = amz_date;
 	if (sigv4_sign(&req, cr, &s) == -1) {
@@ -1159,6 +1160,14 @@ static struct curl_slist *sign_request(struct ses_api *api, const char *method, 
 	l = slist_add(l, "Authorization", s.authorization);
 	sigv4_signed_free(&s);
 	return l;
+}
+
+static struct curl_slist *sign_request(struct ses_api *api, const char *method, const char *path,
+                                       const char *content_type, const char *payload_hash,
+                                       const struct sigv4_credentials *cr, const char **err)
+{
+	return ses_api_sign(api->host, api->region, method, path, content_type, payload_hash, cr,
+	                    err);
 }
 
 /* --- deliveries --------------------------------------------------------------- */

@@ -184,4 +184,15 @@ int ses_api_json_array_string(const char *json, size_t len, const char *path, si
 int ses_api_xml_text(const char *xml, size_t len, const char *scope, const char *tag, char *out,
                      size_t size);
 
+/* Headers for one signed SES call: Content-Type (when given), Host,
+ * X-Amz-Date, X-Amz-Security-Token (temporary keys), all signed, and
+ * Authorization.  NULL with *err when the signer refuses.  Shared by the
+ * transport and `sesrelay check`. */
+struct curl_slist;
+struct sigv4_credentials;
+struct curl_slist *ses_api_sign(const char *host, const char *region, const char *method,
+                                const char *path, const char *content_type,
+                                const char *payload_hash, const struct sigv4_credentials *cr,
+                                const char **err);
+
 #endif
