@@ -85,9 +85,14 @@ static void json_string(struct evbuffer *b, const char *s)
 	evbuffer_add(b, "\"", 1);
 }
 
+/* A huge queue must not become a huge response built on the loop: /queue
+ * lists at most this many messages (the count is in X-Sesrelay-Queue-Total). */
+#define QUEUE_JSON_MAX 10000
+
 struct queue_json {
 	struct evbuffer *b;
 	int n;
+	size_t total;
 	double now;
 };
 
@@ -96,6 +101,8 @@ static void queue_entry(void *arg, const struct scheduler_info *i)
 	struct queue_json *q = arg;
 	static const char *states[] = {"queued", "deferred", "active", "held", "bouncing"};
 
+	if (q->total++ >= QUEUE_JSON_MAX)
+		return;
 	evbuffer_add_printf(q->b, "%s\n  {\"id\": ", q->n++ ? "," : "");
 	json_string(q->b, i->id);
 	evbuffer_add_printf(q->b, ", \"age\": %.0f, \"size\": %llu, \"sender\": ", q->now - i->arrival,
@@ -114,11 +121,14 @@ static void on_queue(struct evhttp_request *req, void *arg)
 {
 	struct http *h = arg;
 	struct evbuffer *b = evbuffer_new();
-	struct queue_json q = {b, 0, util_now()};
+	struct queue_json q = {b, 0, 0, util_now()};
+	char total[32];
 
 	evbuffer_add(b, "[", 1);
 	scheduler_foreach(h->sched, queue_entry, &q);
 	evbuffer_add_printf(b, "%s]\n", q.n ? "\n" : "");
+	snprintf(total, sizeof(total), "%zu", q.total);
+	evhttp_add_header(evhttp_request_get_output_headers(req), "X-Sesrelay-Queue-Total", total);
 	send_text(req, 200, "OK", "application/json", b);
 	evbuffer_free(b);
 }
