@@ -193,6 +193,7 @@ static const struct key keys[] = {
     {SEC_SES, "smtp_username", parse_word, C(smtp_username), NULL, 0},
     {SEC_SES, "smtp_password", parse_word, C(smtp_password), NULL, KEY_SECRET},
     {SEC_SES, "ca_file", parse_str, C(ca_file), NULL, 0},
+    {SEC_SES, "check_identities", parse_enum, C(check_identities), bool_vals, 0},
 
     {SEC_QUEUE, "retry_initial", parse_duration, C(retry_initial), &r_duration, 0},
     {SEC_QUEUE, "retry_max", parse_duration, C(retry_max), &r_duration, 0},
@@ -794,6 +795,7 @@ static void set_defaults(struct conf *c)
 	c->api_version = 2;
 	c->max_send_rate = 0;
 	c->concurrency = 16;
+	c->check_identities = 1;
 	c->smtp_port = 587;
 	c->smtp_tls = CONF_TLS_STARTTLS;
 	c->retry_initial = 60;

@@ -79,6 +79,7 @@ struct conf {
 	char *smtp_username;
 	char *smtp_password;
 	char *ca_file;
+	int check_identities;          /* refuse unverified identities at MAIL/RCPT; default 1 */
 
 	/* [queue] */
 	uint64_t retry_initial;        /* seconds, default 60 */

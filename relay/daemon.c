@@ -41,6 +41,7 @@
 #include "ses/ses_api.h"
 #include "ses/ses_creds.h"
 #include "ses/ses_http.h"
+#include "ses/ses_identity.h"
 #include "smtp/smtp_client.h"
 #include "smtp/smtp_server.h"
 
@@ -53,6 +54,7 @@ struct ses_stack {
 	struct daemon *d;
 	struct ses_creds *creds;
 	struct transport *t;
+	struct ses_identity *ident;  /* verified identities, for SMTP-time refusals */
 };
 
 struct daemon {
@@ -222,6 +224,7 @@ static void stack_release(void *arg)
 
 	if (st->t)
 		st->t->free(st->t);
+	ses_identity_free(st->ident);
 	ses_creds_free(st->creds);
 	free(st);
 }
@@ -248,8 +251,14 @@ static struct ses_stack *stack_new(struct daemon *d, const struct conf *conf)
 	st->creds = ses_creds_new(d->base, d->http, conf);
 	if (conf->transport == CONF_TRANSPORT_SMTP) {
 		/* with explicit SMTP credentials the chain is not needed */
-		if (conf->smtp_username == NULL || conf->smtp_password == NULL)
+		if (conf->smtp_username == NULL || conf->smtp_password == NULL) {
 			ses_creds_start(st->creds, on_creds_ready, st);
+			/* the same IAM key can ask SES's API what SES will refuse; not
+			 * when the SMTP host is some other server (a test sink) and
+			 * no API endpoint says where to ask */
+			if (conf->smtp_host == NULL || conf->endpoint != NULL)
+				st->ident = ses_identity_new(d->base, d->http, st->creds, conf);
+		}
 		st->t = smtp_client_transport_new(d->base, st->creds, conf);
 		if (st->t == NULL)
 			log_error("the SMTP transport cannot start (see above). Mail is accepted and "
@@ -260,6 +269,8 @@ static struct ses_stack *stack_new(struct daemon *d, const struct conf *conf)
 	else {
 		ses_creds_start(st->creds, on_creds_ready, st);
 		st->t = ses_api_transport_new(d->base, d->http, st->creds, conf);
+		if (st->t)
+			st->ident = ses_identity_new(d->base, d->http, st->creds, conf);
 	}
 	return st;
 }
@@ -272,6 +283,7 @@ static void start_delivery(struct daemon *d, const struct conf *conf)
 	d->ses_settings = ses_settings(conf);
 	d->sched = scheduler_new(d->base, d->spool, NULL, conf);
 	scheduler_set_transport(d->sched, d->stack->t, stack_release, d->stack);
+	smtp_server_set_identity(d->srv, d->stack->ident);
 	spool_set_commit_hook(d->spool, on_queued, d->sched);
 	spool_foreach(d->spool, on_found, d->sched);
 }
@@ -284,6 +296,8 @@ static void reload_delivery(struct daemon *d, const struct conf *conf)
 	if (strcmp(now, d->ses_settings) == 0) {
 		OPENSSL_cleanse(now, strlen(now));
 		free(now);
+		if (d->stack)
+			ses_identity_refresh(d->stack->ident);
 		return;
 	}
 	log_info("[ses] changed: new credentials and transport (calls in flight finish on the "
@@ -299,6 +313,7 @@ static void reload_delivery(struct daemon *d, const struct conf *conf)
 		d->stack = NULL;
 		return;
 	}
+	smtp_server_set_identity(d->srv, d->stack->ident);
 	scheduler_set_transport(d->sched, d->stack->t, stack_release, d->stack);
 }
 

@@ -1012,6 +1012,39 @@ int ses_api_json_array_string(const char *json, size_t len, const char *path, si
 	}
 }
 
+int ses_api_json_array_next(const char *json, size_t len, const char *path, size_t *pos,
+                            const char **elem, size_t *elem_len)
+{
+	struct jcur v;
+
+	if (*pos == 0) {
+		if (j_lookup(json, len, path, &v) == -1 || v.p >= v.end || *v.p != '[')
+			return -1;
+		v.p++;
+	} else {
+		if (*pos > len)
+			return -1;
+		v.p = json + *pos;
+		v.end = json + len;
+		j_ws(&v);
+		if (v.p < v.end && *v.p == ']')
+			return 0;
+		if (v.p >= v.end || *v.p++ != ',')
+			return -1;
+	}
+	j_ws(&v);
+	if (v.p >= v.end)
+		return -1;
+	if (*v.p == ']')
+		return 0;
+	*elem = v.p;
+	if (j_skip(&v, 1) == -1)
+		return -1;
+	*elem_len = (size_t)(v.p - *elem);
+	*pos = (size_t)(v.p - json);
+	return 1;
+}
+
 /* A DKIM token becomes a DNS label: 1-63 letters, digits or '-', nothing else. */
 static int dns_label_ok(const char *s)
 {
@@ -1128,6 +1161,8 @@ struct curl_slist *ses_api_sign(const char *host, const char *region, const char
 	struct sigv4_request req;
 	struct sigv4_signed s;
 	struct curl_slist *l = NULL;
+	char *wire_path = NULL;
+	const char *q;
 	size_t n = 0, i;
 
 	memset(&s, 0, sizeof(s));
@@ -1143,7 +1178,11 @@ struct curl_slist *ses_api_sign(const char *host, const char *region, const char
 		hs[n++] = (struct sigv4_header){"X-Amz-Security-Token", cr->session_token};
 	memset(&req, 0, sizeof(req));
 	req.method = method;
-	req.path = path;
+	if ((q = strchr(path, '?')) != NULL) {
+		wire_path = xstrndup(path, (size_t)(q - path));
+		req.query = q + 1;
+	}
+	req.path = wire_path ? wire_path : path;
 	req.headers = hs;
 	req.nheaders = n;
 	req.payload_hash = payload_hash;
@@ -1153,8 +1192,10 @@ struct curl_slist *ses_api_sign(const char *host, const char *region, const char
 	if (sigv4_sign(&req, cr, &s) == -1) {
 		*err = s.error ? s.error : "signing failed";
 		sigv4_signed_free(&s);
+		free(wire_path);
 		return NULL;
 	}
+	free(wire_path);
 	for (i = 0; i < n; i++)
 		l = slist_add(l, hs[i].name, hs[i].value);
 	l = slist_add(l, "Authorization", s.authorization);
@@ -1511,8 +1552,7 @@ static double api_send_rate(struct transport *t, double *quota_left)
 
 /* --- life cycle ----------------------------------------------------------------- */
 
-/* "https://host[:port]" (trailing '/' allowed, nothing else after the authority). */
-static int parse_endpoint(const char *ep, char **base_url, char **host)
+int ses_api_parse_endpoint(const char *ep, char **base_url, char **host)
 {
 	size_t len = strlen(ep), skip, i;
 
@@ -1579,7 +1619,7 @@ struct transport *ses_api_transport_new(struct event_base *base, struct ses_http
 		api->configuration_set = xstrdup(conf->configuration_set);
 	if (conf->endpoint == NULL || *conf->endpoint == '\0')
 		def = xasprintf("https://email.%s.amazonaws.com", conf->region);
-	if (parse_endpoint(def ? def : conf->endpoint, &api->base_url, &api->host) == -1) {
+	if (ses_api_parse_endpoint(def ? def : conf->endpoint, &api->base_url, &api->host) == -1) {
 		log_error("%s: endpoint \"%s\" is not http(s)://host[:port]", api->name,
 		          def ? def : conf->endpoint);
 		free(def);

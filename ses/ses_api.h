@@ -179,12 +179,24 @@ int ses_api_json_bool(const char *json, size_t len, const char *path, int *out);
  * string, or longer than size-1). */
 int ses_api_json_array_string(const char *json, size_t len, const char *path, size_t index,
                               char *out, size_t size);
+/*
+ * Walk the array at PATH: start with *pos = 0; each call sets [*elem,
+ * *elem + *elem_len) to the next element's JSON text (feed an object to the
+ * functions above) and returns 1, then 0 after the last one; -1 when PATH is
+ * not an array or the text is malformed.  Each call scans only its element.
+ */
+int ses_api_json_array_next(const char *json, size_t len, const char *path, size_t *pos,
+                            const char **elem, size_t *elem_len);
 /* The text of the first <TAG> inside the first <SCOPE> element (SCOPE NULL:
  * anywhere), entities decoded, cut to size-1.  0 found, -1 not. */
 int ses_api_xml_text(const char *xml, size_t len, const char *scope, const char *tag, char *out,
                      size_t size);
 
-/* Headers for one signed SES call: Content-Type (when given), Host,
+/* "https://host[:port]" (a trailing '/' allowed, nothing after the authority)
+ * split into base URL and host, both xmalloc'd.  0, or -1 when it is not. */
+int ses_api_parse_endpoint(const char *ep, char **base_url, char **host);
+
+/* Headers for one signed SES call (path may carry "?query", wire form): Content-Type (when given), Host,
  * X-Amz-Date, X-Amz-Security-Token (temporary keys), all signed, and
  * Authorization.  NULL with *err when the signer refuses.  Shared by the
  * transport and `sesrelay check`. */

@@ -79,6 +79,7 @@ struct smtp_server {
 	struct authfail *authtable[IPTABLE_SIZE];
 	size_t nauth;
 	struct workq *workq;
+	struct ses_identity *identity; /* SES's verified identities, or NULL */
 	int stopping;
 	struct event *grace_timer;
 	void (*stopped)(void *);
@@ -623,6 +624,16 @@ void smtp_server_free(struct smtp_server *srv)
 size_t smtp_server_nsessions(const struct smtp_server *srv)
 {
 	return srv->nsessions;
+}
+
+void smtp_server_set_identity(struct smtp_server *srv, struct ses_identity *id)
+{
+	srv->identity = id;
+}
+
+struct ses_identity *smtp_server_identity(struct smtp_server *srv)
+{
+	return srv->identity;
 }
 
 struct spool *smtp_server_spool(struct smtp_server *srv)

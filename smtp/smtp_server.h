@@ -48,6 +48,12 @@ void smtp_server_shutdown(struct smtp_server *srv, int grace, void (*done)(void 
 void smtp_server_free(struct smtp_server *srv);
 size_t smtp_server_nsessions(const struct smtp_server *srv);
 
+/* What SES would refuse (ses/ses_identity.h), for fail-fast replies at MAIL,
+ * RCPT and end of data; NULL: check nothing.  Not owned. */
+struct ses_identity;
+void smtp_server_set_identity(struct smtp_server *srv, struct ses_identity *id);
+struct ses_identity *smtp_server_identity(struct smtp_server *srv);
+
 /* For smtp_session.c */
 struct smtp_config *smtp_config_ref(struct smtp_config *c);
 void smtp_config_unref(struct smtp_config *c);

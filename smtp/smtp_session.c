@@ -42,6 +42,7 @@
 #include "relay/users.h"
 #include "relay/util.h"
 #include "relay/workq.h"
+#include "ses/ses_identity.h"
 #include "smtp/smtp_data.h"
 #include "smtp/smtp_parse.h"
 #include "smtp/smtp_server.h"
@@ -317,6 +318,7 @@ static void log_reject(struct smtp_session *s, const char *verb, const char *rcp
 static void cmd_mail(struct smtp_session *s, char *args)
 {
 	struct smtp_mail_args m;
+	char why[900];
 	const char *err;
 
 	if (s->state != S_READY) {
@@ -349,6 +351,14 @@ static void cmd_mail(struct smtp_session *s, char *args)
 		too_many_errors(s);
 		return;
 	}
+	if (ses_identity_refuse_sender(smtp_server_identity(s->srv), m.addr, why, sizeof(why))) {
+		reply(s, "550 5.7.1 <%s>: Sender address rejected: %s", m.addr, why);
+		log_info("NOQUEUE: reject: MAIL from %s: 550 5.7.1 <%s>: Sender address rejected: "
+			 "%s; proto=%s helo=<%s>",
+		    s->name, m.addr, why, s->esmtp ? "ESMTP" : "SMTP", s->helo);
+		too_many_errors(s);
+		return;
+	}
 	if (m.size > cf(s)->max_message_size) {
 		reply(s, "552 5.3.4 Message size exceeds fixed limit of %llu bytes",
 		    (unsigned long long)cf(s)->max_message_size);
@@ -371,7 +381,7 @@ static void cmd_mail(struct smtp_session *s, char *args)
 
 static void cmd_rcpt(struct smtp_session *s, char *args)
 {
-	char addr[SMTP_PATH_MAX + 1];
+	char addr[SMTP_PATH_MAX + 1], why[900];
 	const char *err;
 	size_t i;
 
@@ -388,6 +398,13 @@ static void cmd_rcpt(struct smtp_session *s, char *args)
 	}
 	if (s->nrcpts >= (size_t)cf(s)->max_recipients) {
 		reply(s, "452 4.5.3 Error: too many recipients");
+		return;
+	}
+	if (ses_identity_refuse_rcpt(smtp_server_identity(s->srv), addr, why, sizeof(why))) {
+		reply(s, "550 5.7.1 <%s>: Recipient address rejected: %s", addr, why);
+		log_reject(s, "RCPT", addr, "550 5.7.1 Recipient address rejected: not a verified "
+		    "identity (SES sandbox)");
+		too_many_errors(s);
 		return;
 	}
 	for (i = 0; i < s->nrcpts; i++)
@@ -885,8 +902,8 @@ static void commit_done(void *arg, const char *id, int error)
 static const char *check_mailbox(struct smtp_session *s, const char *angle, const char *bare,
     int *found)
 {
-	static char why[700];
-	char addr[SMTP_PATH_MAX + 1];
+	static char why[1200];
+	char addr[SMTP_PATH_MAX + 1], idwhy[900];
 	const char *a = angle[0] ? angle : bare;
 	size_t n;
 
@@ -902,18 +919,28 @@ static const char *check_mailbox(struct smtp_session *s, const char *angle, cons
 	memcpy(addr, a, n);
 	addr[n] = '\0';
 	(*found)++;
-	if (users_sender_allowed(s->user, addr))
-		return NULL;
-	snprintf(why, sizeof(why),
-	    "550 5.7.1 Message refused: From: <%s> is not an address user %s may use", addr,
-	    s->auth_name);
-	return why;
+	if (s->user != NULL && !users_sender_allowed(s->user, addr)) {
+		snprintf(why, sizeof(why),
+		    "550 5.7.1 Message refused: From: <%s> is not an address user %s may use", addr,
+		    s->auth_name);
+		return why;
+	}
+	if (ses_identity_refuse_sender(smtp_server_identity(s->srv), addr, idwhy,
+		sizeof(idwhy))) {
+		snprintf(why, sizeof(why), "550 5.7.1 Message refused: From: %s", idwhy);
+		return why;
+	}
+	return NULL;
 }
 
 /* SES signs anything from a verified domain: an authenticated user's From:
- * must be one of its own addresses, like its MAIL FROM.  The field is split
- * into mailboxes at top-level commas; quoted strings and comments are
- * skipped; a mailbox's address is its <...> part, else its bare text. */
+ * must be one of its own addresses, like its MAIL FROM.  And SES refuses a
+ * From: that is not a verified identity: when that is known (ses_identity.h),
+ * refuse it now for every client rather than queue a certain bounce.  The
+ * field is split into mailboxes at top-level commas; quoted strings and
+ * comments are skipped; a mailbox's address is its <...> part, else its bare
+ * text.  A missing or repeated From: is refused only for authenticated users
+ * (SPEC 4); for others SES decides. */
 static const char *check_from_header(struct smtp_session *s)
 {
 	char angle[SMTP_PATH_MAX + 2], bare[SMTP_PATH_MAX + 2];
@@ -921,6 +948,8 @@ static const char *check_from_header(struct smtp_session *s)
 	const char *p, *why;
 	int found = 0, in_angle = 0, depth;
 
+	if (s->data->has_from != 1 && s->user == NULL)
+		return NULL;
 	if (s->data->has_from != 1)
 		return s->data->has_from == 0 ? "550 5.7.1 Message refused: no From: header"
 					      : "550 5.7.1 Message refused: more than one From: header";
@@ -975,7 +1004,7 @@ static const char *check_from_header(struct smtp_session *s)
 		} else if (nb < SMTP_PATH_MAX + 1)
 			bare[nb++] = *p;
 	}
-	if (found == 0)
+	if (found == 0 && s->user != NULL)
 		return "550 5.7.1 Message refused: no address in the From: header";
 	return NULL;
 }
@@ -992,7 +1021,7 @@ static void end_of_data(struct smtp_session *s)
 		log_warn("%s: queue file write error", id);
 		verdict = "451 4.3.0 Error: queue file write error";
 	}
-	if (verdict == NULL && s->user != NULL)
+	if (verdict == NULL)
 		verdict = check_from_header(s);
 	if (verdict != NULL) {
 		log_info("%s: reject: DATA from %s: %s; from=<%s> nrcpt=%zu", id, s->name, verdict,

@@ -7,6 +7,7 @@ impersonates the parts of SES that sesrelay talks to:
   v2 (rest-json)  POST /v2/email/outbound-emails   SendEmail with Content.Raw
                   GET  /v2/email/account           GetAccount
                   GET  /v2/email/identities/{id}   GetEmailIdentity
+                  GET  /v2/email/identities        ListEmailIdentities (PageSize, NextToken)
   v1 (query)      POST /  Action=SendRawEmail      (and Action=GetSendQuota)
 
 Every request must carry a valid AWS SigV4 signature for service "ses" in the
@@ -517,6 +518,12 @@ class FakeSES:
                         "ReviewDetails": {"Status": "GRANTED", "CaseId": "1"}},
         }
         self.identities = {}
+        self.list_pages = 0               # ListEmailIdentities pages served
+        # Most tests list no identities, so by default ListEmailIdentities is
+        # refused as an IAM policy without ses:ListEmailIdentities would: the
+        # relay then checks nothing at SMTP time.  Set True to serve it.
+        self.identities_api = False
+        self.identities_latency = 0.0     # seconds before each ListEmailIdentities answer
         self.sent_base = 0.0              # SentLast24Hours before this fake's own count
         self._sent_rcpts = 0
         self._lock = threading.Lock()
@@ -859,6 +866,8 @@ class FakeSES:
             req.op, req.api = "account", "v2"
         elif req.method == "GET" and p.startswith("/v2/email/identities/"):
             req.op, req.api = "identity", "v2"
+        elif req.method == "GET" and p in ("/v2/email/identities", "/v2/email/identities/"):
+            req.op, req.api = "list_identities", "v2"
         elif req.method == "POST" and p == "/":
             req.api = "v1"
             form = dict(parse_qsl(body.decode("latin-1"), keep_blank_values=True))
@@ -919,6 +928,8 @@ class FakeSES:
                 return self._error(req, 404, "NotFoundException",
                                    f"Email identity {ident} does not exist.")
             return self._json(req, 200, doc)
+        if req.op == "list_identities":
+            return self._list_identities(req)
         if req.op == "quota":
             q = self._account_doc()["SendQuota"]
             xml = ('<GetSendQuotaResponse xmlns="%s"><GetSendQuotaResult>'
@@ -1123,6 +1134,40 @@ class FakeSES:
                    % (V1_XMLNS, req.message_id, uuid.uuid4()))
             return self._xml(req, 200, xml)
         return self._json(req, 200, {"MessageId": req.message_id})
+
+    def _list_identities(self, req):
+        """ListEmailIdentities: identities sorted by name, PageSize (1-1000,
+        default 100 like SES) per page, NextToken = the index of the next one."""
+        if self.identities_latency:
+            time.sleep(self.identities_latency)
+        if not self.identities_api:
+            return self._error(req, 403, "AccessDeniedException",
+                               "User: arn:aws:iam::123456789012:user/sesrelay is not authorized "
+                               "to perform: ses:ListEmailIdentities")
+        q = dict(parse_qsl(urlsplit(req.path).query, keep_blank_values=True))
+        try:
+            size = int(q.get("PageSize", "100"))
+            start = int(q.get("NextToken", "0"))
+        except ValueError:
+            return self._error(req, 400, "BadRequestException", "Invalid PageSize or NextToken.")
+        if not 1 <= size <= 1000 or start < 0:
+            return self._error(req, 400, "BadRequestException",
+                               "PageSize must be between 1 and 1000.")
+        with self._lock:
+            names = sorted(self.identities)
+            page = [(n, self.identities[n]) for n in names[start:start + size]]
+            self.list_pages += 1
+        doc = {"EmailIdentities": [{"IdentityType": d["IdentityType"], "IdentityName": n,
+                                    "SendingEnabled": d["VerifiedForSendingStatus"],
+                                    "VerificationStatus": d["VerificationStatus"]}
+                                   for n, d in page]}
+        if start + size < len(names):
+            doc["NextToken"] = str(start + size)
+        return self._json(req, 200, doc)
+
+    def remove_identity(self, identity):
+        with self._lock:
+            self.identities.pop(identity.lower(), None)
 
     def _account_doc(self):
         with self._lock:
