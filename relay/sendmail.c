@@ -339,6 +339,8 @@ int sendmail_parse_addresses(const char *list, void (*fn)(void *, const char *),
 					       -1;
 			} else if (strchr(":;,]", c)) { /* inside <>: route punctuation */
 				n = 1;
+			} else if (c == ')') {
+				return *why = "')' without '('", -1;
 			} else {
 				for (n = 0; !is_atom_end((unsigned char)p[n]); n++)
 					;

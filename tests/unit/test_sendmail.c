@@ -60,6 +60,10 @@ static const struct {
     {"<a@example.com\r\nRCPT TO:<evil@example.com>>", NULL},
     {"\"a\r\nRCPT TO:<evil@example.com>\"@example.com", NULL},
     {"[192.0.2.1\n]", NULL},
+    /* a stray ')' once made the scanner loop forever */
+    {"a@b.example)", NULL},
+    {"<a@b.example)>", NULL},
+    {")", NULL},
     {"a@example.com\r\nRCPT TO:<evil@example.com>", "evil@example.com"},
 };
 
