@@ -22,6 +22,8 @@ BUILD_DEBS = build-essential pkg-config libevent-dev libssl-dev libcurl4-openssl
 SRCS     = $(sort $(wildcard relay/*.c smtp/*.c ses/*.c conf/*.c))
 LIBSRCS  = $(filter-out relay/main.c,$(SRCS))
 UNITSRCS = $(sort $(wildcard tests/unit/test_*.c))
+# Small programs the integration tests drive (tests/tools/*.c), e.g. s3tool.
+TOOLSRCS = $(sort $(wildcard tests/tools/*.c))
 
 B        = build/release
 A        = build/asan
@@ -76,19 +78,30 @@ $(B)/tests/unit/%: $(B)/tests/unit/%.o $(B)/libsesrelay.a
 $(A)/tests/unit/%: $(A)/tests/unit/%.o $(A)/libsesrelay.a
 	$(CC) $(ASANFLAGS) -o $@ $^ $(LIBS)
 
+$(B)/tests/tools/%: $(B)/tests/tools/%.o $(B)/libsesrelay.a
+	$(CC) $(CFLAGS) -o $@ $^ $(LIBS)
+
+$(A)/tests/tools/%: $(A)/tests/tools/%.o $(A)/libsesrelay.a
+	$(CC) $(ASANFLAGS) -o $@ $^ $(LIBS)
+
 UNITS      = $(UNITSRCS:%.c=$(B)/%)
 ASAN_UNITS = $(UNITSRCS:%.c=$(A)/%)
+TOOLS      = $(TOOLSRCS:%.c=$(B)/%)
+ASAN_TOOLS = $(TOOLSRCS:%.c=$(A)/%)
 
 .PRECIOUS: $(B)/%.o $(A)/%.o
 
 # --- tests ------------------------------------------------------------------
-test: sesrelay $(UNITS)
+test: sesrelay $(UNITS) $(TOOLS)
 	SESRELAY_BIN=$(CURDIR)/sesrelay SESRELAY_UNIT_DIR=$(CURDIR)/$(B)/tests/unit \
-	  tests/run $(TESTS)
+	  SESRELAY_TOOLS_DIR=$(CURDIR)/$(B)/tests/tools tests/run $(TESTS)
 
-asan: $(A)/sesrelay $(ASAN_UNITS)
+asan: $(A)/sesrelay $(ASAN_UNITS) $(ASAN_TOOLS)
 	SESRELAY_BIN=$(CURDIR)/$(A)/sesrelay SESRELAY_UNIT_DIR=$(CURDIR)/$(A)/tests/unit \
-	  SESRELAY_ASAN=1 tests/run $(TESTS)
+	  SESRELAY_TOOLS_DIR=$(CURDIR)/$(A)/tests/tools SESRELAY_ASAN=1 tests/run $(TESTS)
+
+# Just the test programs, without running anything.
+tools: $(TOOLS)
 
 bench: sesrelay
 	tests/bench/run
@@ -113,6 +126,6 @@ format:
 clean:
 	rm -rf build sesrelay
 
-.PHONY: all deps test asan bench demo fuzz install format clean
+.PHONY: all deps test asan tools bench demo fuzz install format clean
 
 -include $(shell find build -name '*.d' 2>/dev/null)

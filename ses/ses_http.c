@@ -10,7 +10,10 @@
  *
  * Connections are reused (the multi handle keeps a connection cache).  A
  * response body beyond max_response is dropped and the call flagged
- * truncated rather than grown without bound.
+ * truncated rather than grown without bound.  A call with a sink decides at
+ * its first body byte, from the final status: a 2xx body goes to the sink
+ * as it arrives and is never kept; any other body (an error document) is
+ * collected and capped as usual.
  */
 #include <ctype.h>
 #include <stdlib.h>
@@ -41,6 +44,12 @@ struct ses_http {
 	int running;
 };
 
+enum body_mode {
+	BODY_UNDECIDED, /* no body byte yet */
+	BODY_COLLECT,   /* into resp, capped */
+	BODY_SINK       /* to the caller's sink */
+};
+
 struct ses_http_call {
 	struct ses_http_call *next, *prev;
 	struct ses_http *h;
@@ -54,11 +63,17 @@ struct ses_http_call {
 	ses_http_rewinder rewind;
 	void *reader_arg;
 	size_t body_len;
+	ses_http_sink sink;
+	void *sink_arg;
+	enum body_mode mode;
+	int sink_refused;
+	uint64_t streamed;
 	ses_http_done done;
 	void *arg;
 	char errbuf[CURL_ERROR_SIZE];
 	char amzn_error_type[HEADER_VALUE_MAX];
 	char request_id[HEADER_VALUE_MAX];
+	char etag[HEADER_VALUE_MAX];
 };
 
 /* Per-socket watcher, attached to the socket with curl_multi_assign. */
@@ -181,6 +196,23 @@ static size_t write_cb(char *ptr, size_t size, size_t nmemb, void *userdata)
 	struct ses_http_call *c = userdata;
 	size_t n = size * nmemb, have = evbuffer_get_length(c->resp);
 
+	if (c->mode == BODY_UNDECIDED) {
+		long status = 0;
+
+		/* the final status: 1xx answers never reach the write callback */
+		curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &status);
+		c->mode = c->sink && status >= 200 && status < 300 ? BODY_SINK : BODY_COLLECT;
+	}
+	if (c->mode == BODY_SINK) {
+		if (n == 0)
+			return 0;
+		if (c->sink(c->sink_arg, ptr, n) != n) {
+			c->sink_refused = 1;
+			return 0; /* any count but n: CURLE_WRITE_ERROR */
+		}
+		c->streamed += n;
+		return n;
+	}
 	if (have + n > c->max_response) {
 		c->truncated = 1;
 		if (have < c->max_response)
@@ -215,6 +247,13 @@ static size_t header_cb(char *line, size_t size, size_t nitems, void *userdata)
 	struct ses_http_call *c = userdata;
 	size_t n = size * nitems;
 
+	if (n >= 5 && memcmp(line, "HTTP/", 5) == 0) {
+		/* a new answer (after a 1xx): forget the previous one's headers */
+		c->amzn_error_type[0] = c->request_id[0] = c->etag[0] = '\0';
+		return n;
+	}
+	if (header_value(line, n, "ETag", c->etag, sizeof(c->etag)))
+		return n;
 	if (header_value(line, n, "x-amzn-ErrorType", c->amzn_error_type,
 		sizeof(c->amzn_error_type))) {
 		char *colon = strchr(c->amzn_error_type, ':');
@@ -265,10 +304,14 @@ static void check_finished(struct ses_http *h)
 		if (msg->data.result == CURLE_OK) {
 			r.ok = 1;
 			curl_easy_getinfo(c->easy, CURLINFO_RESPONSE_CODE, &r.status);
-		} else
+		} else if (c->sink_refused)
+			r.error = "the receiver refused the response body";
+		else
 			r.error = c->errbuf[0] ? c->errbuf : curl_easy_strerror(msg->data.result);
 		r.amzn_error_type = c->amzn_error_type[0] ? c->amzn_error_type : NULL;
 		r.request_id = c->request_id[0] ? c->request_id : NULL;
+		r.etag = c->etag[0] ? c->etag : NULL;
+		r.streamed = c->streamed;
 		call_unlink(c);
 		c->done(c->arg, &r);
 		call_free(c);
@@ -349,6 +392,8 @@ struct ses_http_call *ses_http_send(struct ses_http *h, const struct ses_http_re
 	c->max_response = req->max_response ? req->max_response : DEFAULT_MAX_RESPONSE;
 	c->done = req->done;
 	c->arg = req->arg;
+	c->sink = req->sink;
+	c->sink_arg = req->sink_arg;
 	c->headers = req->headers;
 	c->easy = e = curl_easy_init();
 	if (e == NULL)
@@ -371,6 +416,13 @@ struct ses_http_call *ses_http_send(struct ses_http *h, const struct ses_http_re
 	curl_easy_setopt(e, CURLOPT_TIMEOUT_MS, req->timeout_ms ? req->timeout_ms : 60000L);
 	curl_easy_setopt(e, CURLOPT_CONNECTTIMEOUT_MS,
 	    req->connect_timeout_ms ? req->connect_timeout_ms : 10000L);
+	if (req->stall_timeout_ms > 0) {
+		/* below 1 byte/s for that long: a peer that stopped sending */
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_LIMIT, 1L);
+		curl_easy_setopt(e, CURLOPT_LOW_SPEED_TIME, (req->stall_timeout_ms + 999) / 1000);
+	}
+	if (req->path_as_is)
+		curl_easy_setopt(e, CURLOPT_PATH_AS_IS, 1L);
 	curl_easy_setopt(e, CURLOPT_TCP_KEEPALIVE, 1L);
 	curl_easy_setopt(e, CURLOPT_USERAGENT, "sesrelay/0.1");
 	curl_easy_setopt(e, CURLOPT_WRITEFUNCTION, write_cb);
