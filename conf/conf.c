@@ -32,6 +32,7 @@
 #include <ini.h>
 
 #include "conf/conf.h"
+#include "relay/inbound_map.h"
 #include "relay/log.h"
 #include "relay/netaddr.h"
 #include "relay/util.h"
@@ -60,12 +61,14 @@ enum section {
 	SEC_SES,
 	SEC_QUEUE,
 	SEC_HTTP,
+	SEC_INBOUND,
 	SEC_UNKNOWN,
 };
 
 static const char *const section_names[] = {
     [SEC_RELAY] = "relay", [SEC_TLS] = "tls",     [SEC_USERS] = "users",
     [SEC_SES] = "ses",     [SEC_QUEUE] = "queue", [SEC_HTTP] = "http",
+    [SEC_INBOUND] = "inbound",
 };
 
 struct loader;
@@ -112,6 +115,9 @@ static int parse_rate(struct loader *, const struct key *, const char *, void *)
 static int parse_networks(struct loader *, const struct key *, const char *, void *);
 static int parse_listen_address(struct loader *, const struct key *, const char *, void *);
 static int parse_http_address(struct loader *, const struct key *, const char *, void *);
+static int parse_bucket(struct loader *, const struct key *, const char *, void *);
+static int parse_prefix(struct loader *, const struct key *, const char *, void *);
+static int parse_map(struct loader *, const struct key *, const char *, void *);
 
 static const struct enum_val bool_vals[] = {{"yes", 1},   {"no", 0}, {"true", 1},
                                             {"false", 0}, {"on", 1}, {"off", 0},
@@ -138,6 +144,14 @@ static const struct enum_val level_vals[] = {{"error", LOG_LEVEL_ERROR},
 static const struct enum_val transport_vals[] = {
     {"api", CONF_TRANSPORT_API}, {"smtp", CONF_TRANSPORT_SMTP}, {NULL, 0}};
 static const struct enum_val api_version_vals[] = {{"1", 1}, {"2", 2}, {NULL, 0}};
+static const struct enum_val from_format_vals[] = {
+    {"name", CONF_FROM_NAME}, {"name_at_address", CONF_FROM_NAME_AT_ADDRESS}, {NULL, 0}};
+static const struct enum_val after_vals[] = {
+    {"delete", CONF_AFTER_DELETE}, {"move", CONF_AFTER_MOVE}, {NULL, 0}};
+static const struct enum_val verdict_vals[] = {{"hold", CONF_VERDICT_HOLD},
+                                               {"forward", CONF_VERDICT_FORWARD},
+                                               {"delete", CONF_VERDICT_DELETE},
+                                               {NULL, 0}};
 
 static const struct irange r_recipients = {1, 100000};
 static const struct irange r_positive = {1, INT_MAX};
@@ -201,6 +215,20 @@ static const struct key keys[] = {
     {SEC_QUEUE, "bounce_from", parse_mailaddr, C(bounce_from), NULL, 0},
 
     {SEC_HTTP, "address", parse_http_address, C(http_address), NULL, 0},
+
+    {SEC_INBOUND, "bucket", parse_bucket, C(inbound_bucket), NULL, 0},
+    {SEC_INBOUND, "prefix", parse_prefix, C(inbound_prefix), NULL, 0},
+    {SEC_INBOUND, "region", parse_region, C(inbound_region), NULL, 0},
+    {SEC_INBOUND, "endpoint", parse_url, C(inbound_endpoint), NULL, 0},
+    {SEC_INBOUND, "poll_interval", parse_duration, C(inbound_poll_interval), &r_duration, 0},
+    {SEC_INBOUND, "from_address", parse_mailaddr, C(inbound_from_address), NULL, 0},
+    {SEC_INBOUND, "from_format", parse_enum, C(inbound_from_format), from_format_vals, 0},
+    {SEC_INBOUND, "subject_prefix", parse_str, C(inbound_subject_prefix), NULL, 0},
+    {SEC_INBOUND, "map", parse_map, 0, NULL, KEY_LIST},
+    {SEC_INBOUND, "delete_after", parse_enum, C(inbound_after), after_vals, 0},
+    {SEC_INBOUND, "done_prefix", parse_prefix, C(inbound_done_prefix), NULL, 0},
+    {SEC_INBOUND, "held_prefix", parse_prefix, C(inbound_held_prefix), NULL, 0},
+    {SEC_INBOUND, "failed_verdict", parse_enum, C(inbound_failed_verdict), verdict_vals, 0},
 };
 
 #define NKEYS (sizeof(keys) / sizeof(keys[0]))
@@ -338,6 +366,57 @@ static int parse_url(struct loader *ld, const struct key *k, const char *value, 
 		return bad_value(ld, k, value,
 		                 "expected a URL such as https://email.us-west-2.amazonaws.com");
 	return parse_str(ld, k, value, field);
+}
+
+/* An S3 bucket name: 3-63 of a-z 0-9 . -, starting and ending alphanumeric. */
+static int parse_bucket(struct loader *ld, const struct key *k, const char *value, void *field)
+{
+	size_t n = strlen(value), i;
+
+	for (i = 0; i < n; i++)
+		if (!islower((unsigned char)value[i]) && !isdigit((unsigned char)value[i]) &&
+		    value[i] != '.' && value[i] != '-')
+			break;
+	if (n < 3 || n > 63 || i < n || !isalnum((unsigned char)value[0]) ||
+	    !isalnum((unsigned char)value[n - 1]))
+		return bad_value(ld, k, value,
+		                 "expected an S3 bucket name (3-63 lowercase letters, digits, '.', '-')");
+	*(char **)field = xstrdup(value);
+	return 1;
+}
+
+/* A key prefix: printable, no leading '/', at most 512 bytes. */
+static int parse_prefix(struct loader *ld, const struct key *k, const char *value, void *field)
+{
+	const char *p;
+
+	for (p = value; *p; p++)
+		if (iscntrl((unsigned char)*p))
+			break;
+	if (*p || value[0] == '/' || strlen(value) > 512)
+		return bad_value(ld, k, value,
+		                 "expected an S3 key prefix such as \"inbox/\" (no leading '/')");
+	free(*(char **)field);
+	*(char **)field = xstrdup(value);
+	return 1;
+}
+
+/* One "KEY DEST[, DEST...]" entry; checked by relay/inbound_map.c once the
+ * section is read (finish_inbound), kept as written with its line. */
+static int parse_map(struct loader *ld, const struct key *k, const char *value, void *field)
+{
+	struct conf *c = ld->conf;
+
+	if (*value == '\0')
+		return 1; /* "map =" with the entries on the lines that follow */
+	if (c->ninbound_map >= 10000)
+		return fail(ld, ld->lineno, "[inbound] map: more than 10000 entries");
+	c->inbound_map = xreallocarray(c->inbound_map, c->ninbound_map + 1, sizeof(char *));
+	c->inbound_map_line = xreallocarray(c->inbound_map_line, c->ninbound_map + 1, sizeof(int));
+	c->inbound_map[c->ninbound_map] = xstrdup(value);
+	c->inbound_map_line[c->ninbound_map] = ld->lineno;
+	c->ninbound_map++;
+	return 1;
 }
 
 static int parse_mailaddr(struct loader *ld, const struct key *k, const char *value, void *field)
@@ -609,7 +688,7 @@ static int open_section(struct loader *ld, const char *name, size_t len)
 	if (kind == SEC_UNKNOWN || kind == SEC_NONE)
 		return fail(ld, ld->lineno,
 		            "unknown section [%s] (expected relay, listen:NAME, tls, users, ses, "
-		            "queue or http)",
+		            "queue, http or inbound)",
 		            sec);
 	if (ld->section_line[kind])
 		return fail(ld, ld->lineno, "section [%s] given twice (first on line %d)", sec,
@@ -796,6 +875,7 @@ static void set_defaults(struct conf *c)
 	c->max_send_rate = 0;
 	c->concurrency = 16;
 	c->check_identities = 1;
+	c->inbound_poll_interval = 60;
 	c->smtp_port = 587;
 	c->smtp_tls = CONF_TLS_STARTTLS;
 	c->retry_initial = 60;
@@ -893,6 +973,56 @@ static int finish_queue(struct loader *ld)
 		            (unsigned long long)c->lifetime, (unsigned long long)c->retry_initial);
 	}
 	return 1;
+}
+
+/* Each map entry parses (relay/inbound_map.c), reported at its line. */
+static int check_inbound_map(struct loader *ld)
+{
+	struct conf *c = ld->conf;
+	struct inbound_map *map = inbound_map_new(INBOUND_MAP_PLUS);
+	char why[512];
+	size_t i;
+	int ok = 1;
+
+	for (i = 0; ok && i < c->ninbound_map; i++)
+		if (inbound_map_add(map, c->inbound_map[i], why, sizeof(why)) == -1)
+			ok = fail(ld, c->inbound_map_line[i], "[inbound] map: %s", why);
+	inbound_map_free(map);
+	return ok;
+}
+
+static int finish_inbound(struct loader *ld)
+{
+	struct conf *c = ld->conf;
+	int line = ld->section_line[SEC_INBOUND];
+
+	if (line == 0)
+		return 1;
+	if (c->inbound_bucket == NULL)
+		return fail(ld, line, "[inbound] needs bucket (the S3 bucket SES's receipt rule "
+		                      "stores mail in)");
+	if (c->inbound_from_address == NULL)
+		return fail(ld, line, "[inbound] needs from_address: a verified address forwarded "
+		                      "mail is sent from, e.g. forwarder@example.com");
+	if (c->ninbound_map == 0)
+		return fail(ld, line, "[inbound] needs at least one map entry, e.g. "
+		                      "\"map = @example.com you@gmail.com\"");
+	if (c->inbound_region == NULL && c->region)
+		c->inbound_region = xstrdup(c->region);
+	if (c->inbound_region == NULL)
+		return fail(ld, line, "[inbound] has no region: set region here or in [ses]");
+	if (c->inbound_prefix == NULL)
+		c->inbound_prefix = xstrdup("");
+	if (c->inbound_subject_prefix == NULL)
+		c->inbound_subject_prefix = xstrdup("");
+	if (c->inbound_done_prefix == NULL)
+		c->inbound_done_prefix = xstrdup("done/");
+	if (c->inbound_held_prefix == NULL)
+		c->inbound_held_prefix = xstrdup("held/");
+	if (c->inbound_done_prefix[0] == '\0' || c->inbound_held_prefix[0] == '\0' ||
+	    strcmp(c->inbound_done_prefix, c->inbound_held_prefix) == 0)
+		return fail(ld, line, "[inbound] done_prefix and held_prefix must be set and differ");
+	return check_inbound_map(ld);
 }
 
 static int finish_tls(struct loader *ld)
@@ -1014,7 +1144,7 @@ struct conf *conf_load(const char *path, char *err, size_t errlen)
 		fail(&ld, r > 0 ? r : 0, "syntax error");
 	if (!ld.failed)
 		(void)(finish_relay(&ld) && finish_ses(&ld) && finish_queue(&ld) &&
-		       finish_tls(&ld) && finish_listeners(&ld));
+		       finish_tls(&ld) && finish_listeners(&ld) && finish_inbound(&ld));
 out:
 	free(ld.lstates);
 	if (ld.failed) {
@@ -1059,6 +1189,18 @@ void conf_free(struct conf *c)
 	free(c->ca_file);
 	free(c->bounce_from);
 	free(c->http_address);
+	free(c->inbound_bucket);
+	free(c->inbound_prefix);
+	free(c->inbound_region);
+	free(c->inbound_endpoint);
+	free(c->inbound_from_address);
+	free(c->inbound_subject_prefix);
+	for (i = 0; i < c->ninbound_map; i++)
+		free(c->inbound_map[i]);
+	free(c->inbound_map);
+	free(c->inbound_map_line);
+	free(c->inbound_done_prefix);
+	free(c->inbound_held_prefix);
 	free(c);
 }
 

@@ -20,6 +20,9 @@ enum conf_tls { CONF_TLS_NONE, CONF_TLS_STARTTLS, CONF_TLS_IMPLICIT };
 enum conf_auth { CONF_AUTH_OFF, CONF_AUTH_OPTIONAL, CONF_AUTH_REQUIRED };
 enum conf_log { CONF_LOG_STDERR, CONF_LOG_SYSLOG };
 enum conf_transport { CONF_TRANSPORT_API, CONF_TRANSPORT_SMTP };
+enum conf_from_format { CONF_FROM_NAME, CONF_FROM_NAME_AT_ADDRESS };
+enum conf_after { CONF_AFTER_DELETE, CONF_AFTER_MOVE };
+enum conf_verdict { CONF_VERDICT_HOLD, CONF_VERDICT_FORWARD, CONF_VERDICT_DELETE };
 
 struct conf_listener {
 	char *name;                    /* after "listen:" */
@@ -89,6 +92,23 @@ struct conf {
 
 	/* [http] */
 	char *http_address;            /* NULL: no HTTP listener */
+
+	/* [inbound]: forward what SES stored in S3 (relay/inbound.c) */
+	char *inbound_bucket;          /* NULL: receiving is off */
+	char *inbound_prefix;          /* "" */
+	char *inbound_region;          /* default [ses] region */
+	char *inbound_endpoint;        /* NULL: https://BUCKET.s3.REGION.amazonaws.com */
+	uint64_t inbound_poll_interval; /* seconds, default 60 */
+	char *inbound_from_address;    /* verified address forwarded mail is sent from */
+	enum conf_from_format inbound_from_format; /* default name */
+	char *inbound_subject_prefix;  /* "" */
+	char **inbound_map;            /* "KEY DEST[, DEST...]" entries, as written */
+	int *inbound_map_line;
+	size_t ninbound_map;
+	enum conf_after inbound_after; /* delete_after: default delete */
+	char *inbound_done_prefix;     /* default "done/" */
+	char *inbound_held_prefix;     /* default "held/" */
+	enum conf_verdict inbound_failed_verdict; /* default hold */
 	struct sockaddr_storage http_ss;
 	socklen_t http_sslen;
 };

@@ -33,6 +33,7 @@
 #include "relay/control.h"
 #include "relay/daemon.h"
 #include "relay/http.h"
+#include "relay/inbound.h"
 #include "relay/log.h"
 #include "relay/scheduler.h"
 #include "relay/spool.h"
@@ -68,6 +69,8 @@ struct daemon {
 	struct scheduler *sched;
 	struct control *control;     /* SPOOL/control.sock for "sesrelay queue" */
 	struct http *http_srv;       /* [http] /metrics, /healthz, /queue */
+	struct inbound *inbound;     /* [inbound]: the S3 forwarder, or NULL */
+	char *inbound_settings;      /* what built it, to notice changes on reload */
 	int lockfd;                  /* SPOOL/lock, held while running */
 	struct event *sig_term, *sig_int, *sig_hup, *sig_usr1;
 	struct event *stop_timer;
@@ -186,6 +189,8 @@ static void on_term(evutil_socket_t sig, short what, void *arg)
 	d->stop_timer = evtimer_new(d->base, on_stop_timeout, d);
 	event_add(d->stop_timer, &tv);
 	d->waiting = 2;
+	inbound_free(d->inbound); /* an object half-read is simply read again next time */
+	d->inbound = NULL;
 	smtp_server_shutdown(d->srv, SHUTDOWN_GRACE_S, on_stopped, d);
 	scheduler_stop(d->sched, on_stopped, d);
 }
@@ -195,7 +200,40 @@ static void on_usr1(evutil_socket_t sig, short what, void *arg)
 	struct daemon *d = arg;
 
 	scheduler_flush(d->sched);
+	inbound_poll_now(d->inbound);
 }
+
+/* Every [inbound] setting, as one comparable string. */
+static char *inbound_settings(const struct conf *c)
+{
+	char *s = xasprintf("%s|%s|%s|%s|%llu|%s|%d|%s|%d|%s|%s|%d", c->inbound_bucket
+	    ? c->inbound_bucket : "", c->inbound_prefix ? c->inbound_prefix : "",
+	    c->inbound_region ? c->inbound_region : "", c->inbound_endpoint ? c->inbound_endpoint
+	    : "", (unsigned long long)c->inbound_poll_interval, c->inbound_from_address ?
+	    c->inbound_from_address : "", (int)c->inbound_from_format, c->inbound_subject_prefix ?
+	    c->inbound_subject_prefix : "", (int)c->inbound_after, c->inbound_done_prefix ?
+	    c->inbound_done_prefix : "", c->inbound_held_prefix ? c->inbound_held_prefix : "",
+	    (int)c->inbound_failed_verdict), *t;
+	size_t i;
+
+	for (i = 0; i < c->ninbound_map; i++) {
+		t = xasprintf("%s|%s", s, c->inbound_map[i]);
+		free(s);
+		s = t;
+	}
+	return s;
+}
+
+static void start_inbound(struct daemon *d, const struct conf *conf)
+{
+	char err[1024];
+
+	d->inbound_settings = inbound_settings(conf);
+	d->inbound = inbound_new(d->base, d->http, d->spool, conf, err, sizeof(err));
+	if (d->inbound == NULL && err[0])
+		log_error("[inbound]: %s. Receiving is off; fix relay.ini and restart.", err);
+}
+
 
 static void on_found(void *arg, const char *id, double arrival, uint64_t size)
 {
@@ -335,6 +373,13 @@ static void on_hup(evutil_socket_t sig, short what, void *arg)
 		    conf->spool, spool_path(d->spool));
 	apply_logging(conf);
 	reload_delivery(d, conf);
+	{
+		char *now = inbound_settings(conf);
+		if (d->inbound_settings && strcmp(now, d->inbound_settings) != 0)
+			log_warnx("[inbound] changed: takes effect after a restart (the forwarder "
+				  "keeps its settings while objects are in flight)");
+		free(now);
+	}
 	scheduler_reconfigure(d->sched, conf);
 	if (smtp_server_reload(d->srv, conf, err, sizeof(err)) == -1) {
 		log_error("reload failed, keeping the running configuration: %s", err);
@@ -412,6 +457,7 @@ int daemon_run(const char *config_path)
 		goto out;
 	}
 	start_delivery(&d, conf);
+	start_inbound(&d, conf); /* recovery of hand-off markers, before the loop runs */
 	if ((d.control = control_new(d.base, d.spool, d.sched, err, sizeof(err))) == NULL) {
 		log_error("%s", err);
 		rc = 1;
@@ -443,6 +489,8 @@ out:
 	if (d.stop_timer)
 		event_free(d.stop_timer);
 	control_free(d.control);
+	inbound_free(d.inbound);
+	free(d.inbound_settings);
 	http_free(d.http_srv);
 	scheduler_free(d.sched); /* and the transports with their credentials */
 	if (d.ses_settings) {

@@ -6,6 +6,8 @@
  *   queue/ID    a committed message: complete, fsync'd, renamed into place
  *   state/ID    per-recipient delivery results, append-only (scheduler)
  *   corrupt/ID  a queue file that failed validation on start; kept for a human
+ *   inbound/ID  a hand-off marker of the S3 forwarder (relay/inbound.c): "the
+ *               object KEY is (being) queued as ID"; see INBOUND MARKERS below
  *
  * FILE FORMAT (queue/ID), version 1.  Text lines, LF-terminated, then the
  * message, then an end record:
@@ -76,6 +78,8 @@ struct spool {
 	uint64_t space_free;
 	spool_commit_hook hook;
 	void *hook_arg;
+	int markfd;                /* inbound/, opened on first use */
+	struct spool_sync *marksync;
 	struct recovered *found;   /* messages found by recovery, sorted */
 	size_t nfound;
 };
@@ -96,6 +100,7 @@ struct spool_writer {
 	double arrival;
 	char *sender;         /* for the commit hook */
 	size_t nrcpts;
+	int quiet;            /* the owner announces it (spool_announce) */
 	spool_commit_cb cb;
 	void *cbarg;
 };
@@ -313,7 +318,7 @@ struct spool *spool_open(struct event_base *base, const char *path, char *err, s
 
 	sp->base = base;
 	sp->path = xstrdup(path);
-	sp->rootfd = sp->tmpfd = sp->queuefd = -1;
+	sp->rootfd = sp->tmpfd = sp->queuefd = sp->markfd = -1;
 	if (mkdir(path, 0700) == -1 && errno != EEXIST) {
 		snprintf(err, errlen, "cannot create spool %s: %s", path, strerror(errno));
 		goto fail;
@@ -351,6 +356,10 @@ void spool_close(struct spool *sp)
 	if (sp == NULL)
 		return;
 	spool_sync_free(sp->sync);
+	if (sp->marksync)
+		spool_sync_free(sp->marksync);
+	if (sp->markfd != -1)
+		close(sp->markfd);
 	if (sp->rootfd != -1)
 		close(sp->rootfd);
 	if (sp->tmpfd != -1)
@@ -513,7 +522,7 @@ static void commit_done(void *arg, int error)
 		sp->nbytes += w->file_size;
 	}
 	w->cb(w->cbarg, w->id, error);
-	if (error == 0 && sp->hook)
+	if (error == 0 && sp->hook && !w->quiet)
 		sp->hook(sp->hook_arg, w->id, w->arrival, w->file_size, w->sender, w->nrcpts);
 	w->fd = -1; /* closed by the sync job */
 	writer_free(w);
@@ -541,6 +550,23 @@ void spool_writer_commit(struct spool_writer *w, spool_commit_cb cb, void *arg)
 		return;
 	}
 	spool_sync_submit(sp->sync, w->fd, w->id, w->id, commit_done, w);
+}
+
+void spool_writer_quiet(struct spool_writer *w)
+{
+	w->quiet = 1;
+}
+
+double spool_writer_arrival(const struct spool_writer *w)
+{
+	return w->arrival;
+}
+
+void spool_announce(struct spool *sp, const char *id, double arrival, uint64_t size,
+    const char *sender, size_t nrcpts)
+{
+	if (sp->hook)
+		sp->hook(sp->hook_arg, id, arrival, size, sender, nrcpts);
 }
 
 size_t spool_commits_pending(const struct spool *sp)
@@ -857,7 +883,7 @@ struct spool *spool_open_readonly(const char *path, char *err, size_t errlen)
 	struct spool *sp = xcalloc(1, sizeof(*sp));
 
 	sp->path = xstrdup(path);
-	sp->rootfd = sp->tmpfd = sp->queuefd = -1;
+	sp->rootfd = sp->tmpfd = sp->queuefd = sp->markfd = -1;
 	if ((sp->rootfd = open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1 ||
 	    (sp->queuefd = openat(sp->rootfd, "queue", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1) {
 		int e = errno;
@@ -876,4 +902,159 @@ int spool_record_hold(struct spool *sp, const char *id, int hold)
 		return -1;
 	}
 	return state_append(sp, id, hold ? "hold\n" : "release\n");
+}
+
+/* --- inbound markers ------------------------------------------------------------ */
+
+/*
+ * INBOUND MARKERS (inbound/ID).  The S3 forwarder must turn an object into a
+ * queued message exactly once, across crashes, although "queue the message"
+ * and "delete the object" cannot be one atomic step.  The marker bridges
+ * them; its text is the forwarder's (a state word, the key, the ETag).  It
+ * is written under tmp/, fsync'd and renamed into inbound/, and inbound/ is
+ * fsync'd, before the forwarder goes on; replacing it is the same atomic
+ * rename.  relay/inbound.c documents the protocol built on it.
+ */
+static int mark_dir(struct spool *sp)
+{
+	if (sp->markfd != -1)
+		return 0;
+	if (mkdirat(sp->rootfd, "inbound", 0700) == -1 && errno != EEXIST)
+		return -1;
+	if ((sp->markfd = openat(sp->rootfd, "inbound", O_RDONLY | O_DIRECTORY | O_CLOEXEC)) == -1)
+		return -1;
+	if (sp->base && sp->marksync == NULL)
+		sp->marksync = spool_sync_new(sp->base, sp->tmpfd, sp->markfd, 1);
+	return 0;
+}
+
+/* tmp/ID.mark with text, not yet fsync'd: the descriptor, or -1. */
+static int mark_tmp(struct spool *sp, const char *id, const char *text, size_t len,
+    char name[SPOOL_ID_LEN + 8])
+{
+	ssize_t n;
+	size_t off = 0;
+	int fd;
+
+	snprintf(name, SPOOL_ID_LEN + 8, "%s.mark", id);
+	if ((fd = openat(sp->tmpfd, name, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600)) == -1)
+		return -1;
+	while (off < len) {
+		if ((n = write(fd, text + off, len - off)) == -1) {
+			int e = errno;
+			if (e == EINTR)
+				continue;
+			close(fd);
+			unlinkat(sp->tmpfd, name, 0);
+			errno = e;
+			return -1;
+		}
+		off += (size_t)n;
+	}
+	return fd;
+}
+
+struct mark_job {
+	spool_mark_done done;
+	void *arg;
+	int error; /* for a failure reported without a job */
+};
+
+static void mark_written(void *arg, int error)
+{
+	struct mark_job *j = arg;
+
+	j->done(j->arg, error);
+	free(j);
+}
+
+static void mark_failed(evutil_socket_t fd, short what, void *arg)
+{
+	struct mark_job *j = arg;
+
+	mark_written(j, j->error);
+}
+
+void spool_mark_write(struct spool *sp, const char *id, const char *text, size_t len,
+    spool_mark_done done, void *arg)
+{
+	char name[SPOOL_ID_LEN + 8];
+	struct mark_job *j;
+	int fd;
+
+	errno = 0;
+	if (!spool_valid_id(id) || mark_dir(sp) == -1 || sp->marksync == NULL ||
+	    (fd = mark_tmp(sp, id, text, len, name)) == -1) {
+		/* report it from the loop, like a completed job */
+		j = xcalloc(1, sizeof(*j));
+		j->done = done;
+		j->arg = arg;
+		j->error = errno ? errno : EINVAL;
+		if (event_base_once(sp->base, -1, EV_TIMEOUT, mark_failed, j, NULL) == -1)
+			fatalx("event_base_once failed");
+		return;
+	}
+	j = xcalloc(1, sizeof(*j));
+	j->done = done;
+	j->arg = arg;
+	spool_sync_submit(sp->marksync, fd, name, id, mark_written, j);
+}
+
+int spool_mark_write_now(struct spool *sp, const char *id, const char *text, size_t len)
+{
+	char name[SPOOL_ID_LEN + 8];
+	int fd, e;
+
+	if (!spool_valid_id(id) || mark_dir(sp) == -1 || (fd = mark_tmp(sp, id, text, len, name)) == -1)
+		return -1;
+	if (fsync(fd) == -1 || renameat(sp->tmpfd, name, sp->markfd, id) == -1 ||
+	    fsync(sp->markfd) == -1) {
+		e = errno;
+		close(fd);
+		unlinkat(sp->tmpfd, name, 0);
+		errno = e;
+		return -1;
+	}
+	close(fd);
+	return 0;
+}
+
+void spool_mark_remove(struct spool *sp, const char *id)
+{
+	if (spool_valid_id(id) && mark_dir(sp) == 0 && unlinkat(sp->markfd, id, 0) == -1 &&
+	    errno != ENOENT)
+		log_warn("%s/inbound/%s: cannot remove", sp->path, id);
+}
+
+int spool_mark_foreach(struct spool *sp, spool_mark_cb cb, void *arg)
+{
+	struct dirent *de;
+	char text[SPOOL_MARK_MAX + 1];
+	struct stat st;
+	ssize_t n;
+	DIR *d;
+	int fd, dfd;
+
+	if (mark_dir(sp) == -1)
+		return -1;
+	if ((dfd = dup(sp->markfd)) == -1 || (d = fdopendir(dfd)) == NULL) {
+		if (dfd != -1)
+			close(dfd);
+		return -1;
+	}
+	while ((de = readdir(d)) != NULL) {
+		if (!spool_valid_id(de->d_name))
+			continue;
+		if ((fd = openat(sp->markfd, de->d_name, O_RDONLY | O_CLOEXEC)) == -1)
+			continue;
+		n = read(fd, text, SPOOL_MARK_MAX);
+		close(fd);
+		if (n < 0)
+			n = 0;
+		text[n] = '\0';
+		cb(arg, de->d_name, text, (size_t)n,
+		    fstatat(sp->queuefd, de->d_name, &st, 0) == 0);
+	}
+	closedir(d);
+	return 0;
 }

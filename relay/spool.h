@@ -124,6 +124,34 @@ struct spool *spool_open_readonly(const char *path, char *err, size_t errlen);
  * before it returns on a read-only spool, off the loop on the daemon's. */
 int spool_record_hold(struct spool *sp, const char *id, int hold);
 
+/* --- for the S3 forwarder (relay/inbound.c) --------------------------------- */
+
+/* Do not run the commit hook for this message: its owner will announce it
+ * with spool_announce() once it may be delivered. */
+void spool_writer_quiet(struct spool_writer *w);
+double spool_writer_arrival(const struct spool_writer *w);
+/* Run the commit hook (tell the scheduler) for a committed quiet message. */
+void spool_announce(struct spool *sp, const char *id, double arrival, uint64_t size,
+    const char *sender, size_t nrcpts);
+
+/* Hand-off markers inbound/ID (format and purpose: relay/spool.c and
+ * relay/inbound.c).  A marker's text is at most SPOOL_MARK_MAX bytes. */
+#define SPOOL_MARK_MAX 4096
+typedef void (*spool_mark_done)(void *arg, int error);
+/* Write (or atomically replace) inbound/ID durably, off the loop; done runs
+ * later on the loop with 0 or an errno. */
+void spool_mark_write(struct spool *sp, const char *id, const char *text, size_t len,
+    spool_mark_done done, void *arg);
+/* The same, blocking: only before the loop runs (recovery).  0 or -1. */
+int spool_mark_write_now(struct spool *sp, const char *id, const char *text, size_t len);
+/* Remove inbound/ID (not fsync'd: a marker that comes back is harmless). */
+void spool_mark_remove(struct spool *sp, const char *id);
+/* Every marker, with whether queue/ID exists.  Blocking: before the loop
+ * runs only.  0, or -1 (errno) when inbound/ cannot be read. */
+typedef void (*spool_mark_cb)(void *arg, const char *id, const char *text, size_t len,
+    int queued);
+int spool_mark_foreach(struct spool *sp, spool_mark_cb cb, void *arg);
+
 /* Number of commits handed off and not yet reported back. */
 size_t spool_commits_pending(const struct spool *sp);
 
