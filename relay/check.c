@@ -17,13 +17,24 @@
  * key it names, does not load.
  *
  * Senders are the users file's allowed senders ("a@b" and "@b"; "*" names
- * nothing) and [queue] bounce_from.  Every domain among them gets
- * GetEmailIdentity; an address gets one of its own unless its domain is
- * verified (that covers every address in it).  The DNS checks run for the
- * "@domain" senders and for the domains SES knows as identities, not for
- * gmail.com because one address there is verified.  SES calls go one at a
- * time, since SES allows about one non-send call per second (a throttled
+ * nothing), [queue] bounce_from and [inbound] from_address.  Every domain
+ * among them gets GetEmailIdentity; an address gets one of its own unless
+ * its domain is verified (that covers every address in it).  The DNS checks
+ * run for the "@domain" senders and for the domains SES knows as identities,
+ * not for gmail.com because one address there is verified.  SES calls go one
+ * at a time, since SES allows about one non-send call per second (a throttled
  * call is retried); DNS lookups run in parallel.
+ *
+ * With [inbound], two blocks follow the senders.  The bucket: calls that
+ * change nothing and succeed only with the permission the forwarder needs -
+ * list one key under the prefix, then get, delete and (for delete_after =
+ * move, failed_verdict = hold) copy a key that cannot exist, which S3 answers
+ * with NoSuchKey or 204 when the action is allowed and AccessDenied when it is
+ * not; a refusal's fix names the IAM action and resource.  These run with the
+ * same credentials as SES, alongside the SES calls (S3 is another service).
+ * Then the receiving domains: every domain the map names ("@d", "u@d") must
+ * have its MX at inbound-smtp.REGION.amazonaws.com, a FAIL otherwise; such a
+ * domain's sender block leaves its MX to this block.
  *
  * DNS: libevent's evdns resolves only A, AAAA and PTR, so the TXT, MX and
  * CNAME queries go through a small stub resolver of our own on the loop (UDP
@@ -68,6 +79,7 @@
 #include "relay/log.h"
 #include "relay/users.h"
 #include "relay/util.h"
+#include "ses/s3.h"
 #include "ses/ses_api.h"
 #include "ses/ses_creds.h"
 #include "ses/ses_http.h"
@@ -98,6 +110,8 @@
 #define RESOLV_CONF "/etc/resolv.conf"
 #define DNS_ENV     "SESRELAY_DNS_SERVER"
 #define TIMEOUT_ENV "SESRELAY_CHECK_TIMEOUT"
+#define PROBE_NAME  ".sesrelay-check-" /* + random hex: a key that cannot exist */
+#define INBOUND_MX  "inbound-smtp.%s.amazonaws.com"
 
 /* ========================================================================= */
 /* Output: blocks of lines, printed in order                                 */
@@ -801,6 +815,25 @@ struct spf_sub {
 	struct dns_result res;
 };
 
+/* The [inbound] bucket checks, in order; each proves one IAM action. */
+enum s3_step {
+	S3_STEP_LIST,      /* ListObjectsV2 under the prefix */
+	S3_STEP_GET,       /* GetObject of a key that cannot exist */
+	S3_STEP_DELETE,    /* DeleteObject of that key */
+	S3_STEP_COPY_DONE, /* CopyObject of it to done_prefix (delete_after = move) */
+	S3_STEP_COPY_HELD, /* CopyObject of it to held_prefix (failed_verdict = hold) */
+	S3_STEP_END
+};
+
+/* A domain the [inbound] map receives mail for: its MX must lead to SES. */
+struct rdomain {
+	struct rdomain *next;
+	struct check *ck;
+	char *name; /* lowercase */
+	int valid;  /* a DNS name */
+	struct dns_result mx;
+};
+
 struct check {
 	struct conf *conf;
 	const char *config_path;
@@ -830,6 +863,16 @@ struct check {
 
 	struct target *targets;
 	size_t ndomains, naddresses;
+
+	/* [inbound] (inbound_bucket set) */
+	struct unit *u_s3, *u_mx;
+	struct s3 *s3;
+	struct s3_call *s3_call;
+	enum s3_step s3_step;
+	int s3_list_denied; /* S3 then says AccessDenied for a missing key too */
+	char *s3_key;       /* the key that cannot exist */
+	struct rdomain *rdomains;
+	size_t rpending; /* MX lookups still open */
 };
 
 static struct unit *unit_new(struct check *ck)
@@ -898,6 +941,18 @@ static void printable(char *s)
 	for (; *s; s++)
 		if ((unsigned char)*s < 0x20 || (unsigned char)*s >= 0x7f)
 			*s = '?';
+}
+
+/* Is name a domain the [inbound] map receives for?  Its MX is then checked
+ * as a requirement in the inbound block, not in its sender block. */
+static int receiving(const struct check *ck, const char *name)
+{
+	const struct rdomain *rd;
+
+	for (rd = ck->rdomains; rd; rd = rd->next)
+		if (strcasecmp(rd->name, name) == 0)
+			return 1;
+	return 0;
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1133,7 +1188,8 @@ static void target_start_dns(struct target *t)
 	dns_query(&t->ck->dns, t->dom, EVDNS_TYPE_TXT, &t->spf, spf_root_done, t);
 	snprintf(name, sizeof(name), "_dmarc.%s", t->dom);
 	lookup(t, name, EVDNS_TYPE_TXT, &t->dmarc);
-	lookup(t, t->dom, EVDNS_TYPE_MX, &t->mx);
+	if (!receiving(t->ck, t->dom))
+		lookup(t, t->dom, EVDNS_TYPE_MX, &t->mx);
 }
 
 /* The DNS that SES names: the DKIM CNAMEs and the MAIL FROM domain. */
@@ -1157,23 +1213,29 @@ static void target_start_identity_dns(struct target *t)
 	}
 }
 
-/* A lookup that gave no usable answer: say so with sev and return 1. */
-static int dns_unusable(struct target *t, const struct dns_result *res, enum sev sev,
-                        const char *name, const char *zone, const char *what)
+/* A lookup that gave no usable answer: say so in u (lines begin with lead)
+ * with sev and return 1. */
+static int dns_unusable_in(struct check *ck, struct unit *u, const char *lead,
+                           const struct dns_result *res, enum sev sev, const char *name,
+                           const char *zone, const char *what)
 {
-	struct check *ck = t->ck;
-
 	if (res->status == DNS_PENDING)
-		say(t->unit, sev, NULL, "DNS %s: %s not checked (%s)", name, what,
+		say(u, sev, NULL, "%sDNS %s: %s not checked (%s)", lead, name, what,
 		    ck->dns_ready ? "the check ran out of time" : "no DNS resolver");
 	else if (res->status == DNS_FAILED)
-		say(t->unit, sev,
+		say(u, sev,
 		    xasprintf("make sure the name servers of %s answer (asked %s)", zone,
 		              ck->dns_where),
-		    "DNS %s: %s lookup failed: %s", name, what, res->error);
+		    "%sDNS %s: %s lookup failed: %s", lead, name, what, res->error);
 	else
 		return 0;
 	return 1;
+}
+
+static int dns_unusable(struct target *t, const struct dns_result *res, enum sev sev,
+                        const char *name, const char *zone, const char *what)
+{
+	return dns_unusable_in(t->ck, t->unit, "", res, sev, name, zone, what);
 }
 
 static int records(const struct dns_result *res)
@@ -1503,7 +1565,8 @@ static void render_target(struct target *t)
 	line_dmarc(t);
 	if (t->id_state == ID_FOUND && t->mail_from[0])
 		line_mail_from_dns(t);
-	line_inbound_mx(t);
+	if (!receiving(t->ck, t->dom))
+		line_inbound_mx(t);
 }
 
 /* ------------------------------------------------------------------------- */
@@ -1570,6 +1633,8 @@ static void collect_targets(struct check *ck)
 	}
 	if (ck->conf->bounce_from && *ck->conf->bounce_from)
 		add_sender(ck, &domains, &addrs, ck->conf->bounce_from, 0);
+	if (ck->conf->inbound_bucket && ck->conf->inbound_from_address)
+		add_sender(ck, &domains, &addrs, ck->conf->inbound_from_address, 0);
 	for (t = domains; t; t = t->next)
 		nd++;
 	for (t = addrs; t; t = t->next)
@@ -1900,6 +1965,396 @@ static void ses_abort(struct check *ck, const char *why)
 	}
 }
 
+/* ------------------------------------------------------------------------- */
+/* [inbound]: the bucket SES stores mail in, and the domains it receives for */
+/* ------------------------------------------------------------------------- */
+
+static const struct s3_step_def {
+	const char *action;  /* the IAM action the step proves */
+	const char *ok_text; /* after "s3://BUCKET/PREFIX " */
+	const char *needed;  /* the setting that needs it, or NULL: always */
+} S3_STEPS[S3_STEP_END] = {
+    [S3_STEP_LIST] = {"s3:ListBucket", "can be listed", NULL},
+    [S3_STEP_GET] = {"s3:GetObject", "objects can be read", NULL},
+    [S3_STEP_DELETE] = {"s3:DeleteObject", "objects can be deleted", NULL},
+    [S3_STEP_COPY_DONE] = {"s3:PutObject", "can be written", "delete_after = move"},
+    [S3_STEP_COPY_HELD] = {"s3:PutObject", "can be written", "failed_verdict = hold"},
+};
+
+static int s3_step_wanted(const struct conf *c, enum s3_step step)
+{
+	switch (step) {
+	case S3_STEP_COPY_DONE:
+		return c->inbound_after == CONF_AFTER_MOVE;
+	case S3_STEP_COPY_HELD:
+		return c->inbound_failed_verdict == CONF_VERDICT_HOLD;
+	default:
+		return 1;
+	}
+}
+
+/* The keys a step is about: the forwarder reads and deletes under prefix and
+ * copies to done_prefix or held_prefix. */
+static const char *s3_step_prefix(const struct conf *c, enum s3_step step)
+{
+	switch (step) {
+	case S3_STEP_COPY_DONE:
+		return c->inbound_done_prefix;
+	case S3_STEP_COPY_HELD:
+		return c->inbound_held_prefix;
+	default:
+		return c->inbound_prefix;
+	}
+}
+
+/* "s3://BUCKET/PREFIX", for a verdict line.  xmalloc'd. */
+static char *s3_where(const struct conf *c, enum s3_step step)
+{
+	char *w = xasprintf("s3://%s/%s", c->inbound_bucket, s3_step_prefix(c, step));
+
+	printable(w);
+	return w;
+}
+
+/* The IAM resource of a step's action: the bucket for s3:ListBucket, the
+ * objects under the step's prefix for the others.  xmalloc'd. */
+static char *s3_resource(const struct conf *c, enum s3_step step)
+{
+	char *r = step == S3_STEP_LIST ? xasprintf("arn:aws:s3:::%s", c->inbound_bucket)
+	                               : xasprintf("arn:aws:s3:::%s/%s*", c->inbound_bucket,
+	                                           s3_step_prefix(c, step));
+
+	printable(r);
+	return r;
+}
+
+/* S3 refused for want of a permission. */
+static int s3_denied(const struct s3_result *r)
+{
+	return strcmp(r->code, "AccessDenied") == 0 || (r->code[0] == '\0' && r->status == 403);
+}
+
+/* Did the answer show the step's action allowed?  For the key that cannot
+ * exist, S3 says NoSuchKey (get, copy) or 204 (delete) when it is. */
+static int s3_allowed(enum s3_step step, const struct s3_result *r)
+{
+	switch (step) {
+	case S3_STEP_GET:
+	case S3_STEP_COPY_DONE:
+	case S3_STEP_COPY_HELD:
+		return strcmp(r->code, "NoSuchKey") == 0 || r->cls == S3_OK || r->cls == S3_ABORTED;
+	default:
+		return r->cls == S3_OK;
+	}
+}
+
+/*
+ * What to do about a step that failed: for a refusal, the IAM statement that
+ * grants the step's action on its resource; else S3's own hint, or advice for
+ * an answer that never came.  xmalloc'd, or NULL.
+ */
+static char *s3_step_fix(const struct conf *c, enum s3_step step, const struct s3_result *r)
+{
+	const char *hint = s3_hint(r->code);
+	char *res, *fix;
+
+	if (s3_denied(r)) {
+		res = s3_resource(c, step);
+		fix = xasprintf("allow %s on %s", S3_STEPS[step].action, res);
+		free(res);
+		return fix;
+	}
+	if (hint)
+		return xstrdup(hint);
+	if (r->status == 0)
+		return xstrdup("make sure this host reaches S3 over HTTP(S) (firewall, proxy, "
+		               "[inbound] region and endpoint)");
+	if (r->status >= 500 || r->status == 429)
+		return xstrdup("S3 had trouble: run the check again later");
+	return NULL;
+}
+
+/* r->text without S3's hint (" - check the bucket name"): the fix says it,
+ * or says better for a refusal. */
+static void s3_text(const struct s3_result *r, char *out, size_t size)
+{
+	const char *hint = s3_hint(r->code);
+	char *cut, *p;
+
+	snprintf(out, size, "%s", r->text);
+	if (hint == NULL)
+		return;
+	cut = xasprintf(" - %s", hint);
+	if ((p = strstr(out, cut)) != NULL)
+		memmove(p, p + strlen(cut), strlen(p + strlen(cut)) + 1);
+	free(cut);
+}
+
+static void s3_step_line(struct check *ck, enum s3_step step, const struct s3_result *r)
+{
+	const struct s3_step_def *d = &S3_STEPS[step];
+	struct unit *u = ck->u_s3;
+	char *where = s3_where(ck->conf, step), *res, *list, text[S3_TEXT_MAX];
+
+	if (s3_allowed(step, r) && d->needed)
+		say(u, SEV_OK, NULL, "inbound: %s %s (%s, for %s)", where, d->ok_text, d->action,
+		    d->needed);
+	else if (s3_allowed(step, r))
+		say(u, SEV_OK, NULL, "inbound: %s %s (%s)", where, d->ok_text, d->action);
+	else if (ck->s3_list_denied && s3_denied(r) && step != S3_STEP_DELETE) {
+		/* who may not list gets AccessDenied for a missing key, allowed or not */
+		res = s3_resource(ck->conf, step);
+		list = s3_resource(ck->conf, S3_STEP_LIST);
+		say(u, SEV_WARN,
+		    xasprintf("allow s3:ListBucket on %s and %s on %s", list, d->action, res),
+		    "inbound: %s: %s unknown (without s3:ListBucket, S3 answers AccessDenied for a "
+		    "missing key)",
+		    where, d->action);
+		free(list);
+		free(res);
+	} else {
+		s3_text(r, text, sizeof(text));
+		say(u, SEV_FAIL, s3_step_fix(ck->conf, step, r), "inbound: %s: %s", where, text);
+	}
+	free(where);
+}
+
+static void s3_next(struct check *ck);
+
+static void s3_step_done(void *arg, const struct s3_result *r)
+{
+	struct check *ck = arg;
+	enum s3_step step = ck->s3_step;
+
+	ck->s3_call = NULL;
+	s3_step_line(ck, step, r);
+	if (step == S3_STEP_LIST && !s3_allowed(step, r) && !s3_denied(r)) {
+		/* no bucket, wrong credentials or region, no answer: the rest would say the same */
+		ck->s3_step = S3_STEP_END;
+	} else {
+		ck->s3_list_denied |= step == S3_STEP_LIST && !s3_allowed(step, r);
+		ck->s3_step = step + 1;
+	}
+	s3_next(ck);
+}
+
+/* The probe key exists only if someone made it: whatever it holds is not read. */
+static size_t s3_no_body(void *arg, const char *data, size_t len)
+{
+	return 0;
+}
+
+/* Start the next step the configuration needs, one at a time; or finish. */
+static void s3_next(struct check *ck)
+{
+	const struct conf *c = ck->conf;
+	char *dst;
+
+	while (ck->s3_step < S3_STEP_END && !s3_step_wanted(c, ck->s3_step))
+		ck->s3_step++;
+	switch (ck->s3_step) {
+	case S3_STEP_LIST:
+		ck->s3_call = s3_probe(ck->s3, c->inbound_prefix, s3_step_done, ck);
+		break;
+	case S3_STEP_GET:
+		ck->s3_call = s3_get(ck->s3, ck->s3_key, s3_no_body, NULL, s3_step_done, ck);
+		break;
+	case S3_STEP_DELETE:
+		ck->s3_call = s3_delete(ck->s3, ck->s3_key, s3_step_done, ck);
+		break;
+	case S3_STEP_COPY_DONE:
+	case S3_STEP_COPY_HELD:
+		/* where the forwarder puts a message: the prefix, then the whole key */
+		dst = xasprintf("%s%s", s3_step_prefix(c, ck->s3_step), ck->s3_key);
+		ck->s3_call = s3_copy(ck->s3, ck->s3_key, dst, s3_step_done, ck);
+		free(dst);
+		break;
+	case S3_STEP_END:
+		unit_done(ck->u_s3);
+		break;
+	}
+}
+
+/* The credentials are known: ask about the bucket. */
+static void inbound_start_s3(struct check *ck)
+{
+	unsigned char rnd[8];
+	char hex[sizeof(rnd) * 2 + 1];
+	size_t i;
+
+	if (ck->s3 == NULL || ck->u_s3->done)
+		return;
+	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
+		for (i = 0; i < sizeof(rnd); i++)
+			rnd[i] = (unsigned char)random();
+	for (i = 0; i < sizeof(rnd); i++)
+		snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+	ck->s3_key = xasprintf("%s%s%s", ck->conf->inbound_prefix, PROBE_NAME, hex);
+	ck->s3_step = S3_STEP_LIST;
+	s3_next(ck);
+}
+
+/* No S3 answer will come (why): the open question gets a FAIL line. */
+static void inbound_abort(struct check *ck, const char *why)
+{
+	enum s3_step step = ck->s3_step < S3_STEP_END ? ck->s3_step : S3_STEP_LIST;
+	char *where;
+
+	if (ck->u_s3 == NULL || ck->u_s3->done)
+		return;
+	s3_cancel(ck->s3_call);
+	ck->s3_call = NULL;
+	where = s3_where(ck->conf, step);
+	if (step == S3_STEP_LIST)
+		say(ck->u_s3, SEV_FAIL, NULL, "inbound: %s: %s", where, why);
+	else
+		say(ck->u_s3, SEV_FAIL, NULL, "inbound: %s: %s %s", where, S3_STEPS[step].action,
+		    why);
+	free(where);
+	ck->s3_step = S3_STEP_END;
+	unit_done(ck->u_s3);
+}
+
+/*
+ * The domains the map receives for, in the map's order: those of "@domain"
+ * and "user@domain" keys; a bare user or "@" names none.  conf_load has
+ * checked every entry; the key is read as relay/inbound_map.c reads it (up to
+ * white space, '=' or ':').
+ */
+static void collect_receiving(struct check *ck)
+{
+	const struct conf *c = ck->conf;
+	struct rdomain *rd, **tail = &ck->rdomains;
+	const char *p, *at;
+	size_t i, n;
+	char *dom;
+
+	if (c->inbound_bucket == NULL)
+		return;
+	for (i = 0; i < c->ninbound_map; i++) {
+		p = c->inbound_map[i] + strspn(c->inbound_map[i], " \t");
+		n = strcspn(p, " \t=:");
+		if ((at = memchr(p, '@', n)) == NULL || at + 1 == p + n)
+			continue;
+		dom = xstrndup(at + 1, (size_t)(p + n - at - 1));
+		for (n = 0; dom[n]; n++)
+			dom[n] = (char)tolower((unsigned char)dom[n]);
+		if (receiving(ck, dom)) {
+			free(dom);
+			continue;
+		}
+		rd = xcalloc(1, sizeof(*rd));
+		rd->ck = ck;
+		rd->name = dom;
+		rd->valid = dns_name_ok(dom);
+		*tail = rd;
+		tail = &rd->next;
+	}
+}
+
+/* Receiving is configured, so an MX elsewhere is a FAIL (a sender domain's
+ * MX, in line_inbound_mx, is only a warning). */
+static void line_receiving_mx(struct check *ck, const struct rdomain *rd)
+{
+	const struct dns_result *mx = &rd->mx;
+	struct unit *u = ck->u_mx;
+	char want[DNS_NAME_MAX];
+	size_t i, j, n = (size_t)records(mx);
+
+	snprintf(want, sizeof(want), INBOUND_MX, ck->conf->inbound_region);
+	if (!rd->valid) {
+		say(u, SEV_FAIL, xstrdup("correct the key in [inbound] map"),
+		    "inbound: map: %s is not a domain name DNS can be asked about", rd->name);
+		return;
+	}
+	if (dns_unusable_in(ck, u, "inbound: ", mx, SEV_FAIL, rd->name, rd->name, "MX"))
+		return;
+	for (i = 0; i < n && strcasecmp(mx->rr[i], want) != 0; i++)
+		;
+	/* another MX as preferred as SES's takes (some of) the mail */
+	for (j = 0; i < n && j < n && (j == i || mx->pref[j] > mx->pref[i]); j++)
+		;
+	if (i < n && j == n)
+		say(u, SEV_OK, NULL, "inbound: DNS %s: MX %d %s", rd->name, mx->pref[i], want);
+	else if (i < n)
+		say(u, SEV_FAIL, xasprintf("MX %s 10 %s as the only MX", rd->name, want),
+		    "inbound: DNS %s: MX %d %s takes mail before or beside MX %d %s", rd->name,
+		    mx->pref[j], mx->rr[j], mx->pref[i], want);
+	else if (mx->status == DNS_NXDOMAIN)
+		say(u, SEV_FAIL, xasprintf("MX %s 10 %s", rd->name, want),
+		    "inbound: DNS %s: no such domain", rd->name);
+	else if (n == 0)
+		say(u, SEV_FAIL, xasprintf("MX %s 10 %s", rd->name, want),
+		    "inbound: DNS %s: no MX, so its mail does not reach SES", rd->name);
+	else if (n == 1 && mx->rr[0][0] == '\0')
+		say(u, SEV_FAIL, xasprintf("MX %s 10 %s", rd->name, want),
+		    "inbound: DNS %s: null MX: the domain receives no mail", rd->name);
+	else
+		say(u, SEV_FAIL, xasprintf("MX %s 10 %s", rd->name, want),
+		    "inbound: DNS %s: MX points to %s, not %s", rd->name, mx->rr[0], want);
+}
+
+static void receiving_lines(struct check *ck)
+{
+	const struct rdomain *rd;
+	char want[DNS_NAME_MAX];
+
+	for (rd = ck->rdomains; rd; rd = rd->next)
+		line_receiving_mx(ck, rd);
+	if (ck->rdomains == NULL) {
+		snprintf(want, sizeof(want), INBOUND_MX, ck->conf->inbound_region);
+		say(ck->u_mx, SEV_WARN,
+		    xasprintf("give each domain SES receives for MX DOMAIN 10 %s", want),
+		    "inbound: the map names no domain (only bare users or the catch-all @), so "
+		    "the receiving domains' MX cannot be checked");
+	}
+}
+
+/* One MX answer fewer to wait for; the block is rendered after the last. */
+static void receiving_release(struct check *ck)
+{
+	if (--ck->rpending > 0)
+		return;
+	receiving_lines(ck);
+	unit_done(ck->u_mx);
+}
+
+static void receiving_done(void *arg)
+{
+	struct rdomain *rd = arg;
+
+	receiving_release(rd->ck);
+}
+
+/* The S3 client (its calls wait for the credentials) and the MX lookups. */
+static void inbound_start(struct check *ck)
+{
+	const struct conf *c = ck->conf;
+	struct s3_config cfg;
+	struct rdomain *rd;
+	char err[256];
+
+	memset(&cfg, 0, sizeof(cfg));
+	cfg.bucket = c->inbound_bucket;
+	cfg.region = c->inbound_region;
+	cfg.endpoint = c->inbound_endpoint;
+	cfg.timeout_ms = SES_CALL_TIMEOUT_MS;
+	cfg.get_timeout_ms = SES_CALL_TIMEOUT_MS;
+	if ((ck->s3 = s3_new(ck->base, ck->http, ck->creds, &cfg, err, sizeof(err))) == NULL) {
+		printable(err);
+		say(ck->u_s3, SEV_FAIL, xstrdup("correct [inbound] bucket, region and endpoint"),
+		    "inbound: %s", err);
+		unit_done(ck->u_s3);
+	}
+	ck->rpending = 1; /* until every lookup is asked */
+	for (rd = ck->rdomains; rd; rd = rd->next)
+		if (rd->valid && ck->dns_ready) {
+			ck->rpending++;
+			dns_query(&ck->dns, rd->name, EVDNS_TYPE_MX, &rd->mx, receiving_done, rd);
+		}
+	receiving_release(ck);
+}
+
 static void on_creds(void *arg, int ok, const char *err)
 {
 	struct check *ck = arg;
@@ -1925,6 +2380,7 @@ static void on_creds(void *arg, int ok, const char *err)
 			    "credentials: %s", text);
 		unit_done(ck->u_creds);
 		ses_abort(ck, "not checked: no AWS credentials");
+		inbound_abort(ck, "not checked: no AWS credentials");
 		return;
 	}
 	cr = ses_creds_get(ck->creds);
@@ -1935,6 +2391,7 @@ static void on_creds(void *arg, int ok, const char *err)
 	say(ck->u_creds, SEV_OK, NULL, "credentials: %s (%.4s\u2026%s)",
 	    ses_creds_source(ck->creds), cr ? cr->access_key_id : "????", when);
 	unit_done(ck->u_creds);
+	inbound_start_s3(ck);
 	if (ck->base_url == NULL) {
 		ses_abort(ck, "not checked: no SES region");
 		return;
@@ -1956,6 +2413,7 @@ static void on_deadline(evutil_socket_t fd, short what, void *arg)
 	}
 	evtimer_del(ck->retry);
 	ses_abort(ck, why);
+	inbound_abort(ck, why);
 	dnsr_cancel_all(&ck->dns, why);
 	event_base_loopexit(ck->base, NULL);
 }
@@ -2134,12 +2592,21 @@ static void target_free(struct target *t)
 static void check_free(struct check *ck)
 {
 	struct target *t, *tn;
+	struct rdomain *rd, *rn;
 	struct unit *u, *un;
 
 	for (t = ck->targets; t; t = tn) {
 		tn = t->next;
 		target_free(t);
 	}
+	for (rd = ck->rdomains; rd; rd = rn) {
+		rn = rd->next;
+		dns_result_clear(&rd->mx);
+		free(rd->name);
+		free(rd);
+	}
+	s3_free(ck->s3); /* before the credentials and HTTP client it uses */
+	free(ck->s3_key);
 	for (u = ck->units; u; u = un) {
 		un = u->next;
 		evbuffer_free(u->out);
@@ -2172,6 +2639,10 @@ static void check_start(struct check *ck)
 		t->unit = unit_new(ck);
 		t->pending = 1; /* the identity */
 	}
+	if (ck->conf->inbound_bucket) {
+		ck->u_s3 = unit_new(ck);
+		ck->u_mx = unit_new(ck);
+	}
 	ck->http = ses_http_new(ck->base, ck->conf->ca_file, 2);
 	ck->creds = ses_creds_new(ck->base, ck->http, ck->conf);
 	if ((ck->retry = evtimer_new(ck->base, on_retry, ck)) == NULL ||
@@ -2186,9 +2657,14 @@ static void check_start(struct check *ck)
 		}
 		t->id_state = ID_FAILED;
 		t->id_error = xstrdup("not a valid domain name");
-		t->id_fix = xstrdup("correct it in the users file or [queue] bounce_from");
+		t->id_fix = xstrdup(ck->conf->inbound_bucket
+		                        ? "correct it in the users file, [queue] bounce_from or "
+		                          "[inbound] from_address"
+		                        : "correct it in the users file or [queue] bounce_from");
 		op_done(t);
 	}
+	if (ck->conf->inbound_bucket)
+		inbound_start(ck);
 	ses_creds_start(ck->creds, on_creds, ck);
 }
 
@@ -2231,6 +2707,7 @@ int check_main(int argc, char **argv, const char *config_path)
 	check_config(&ck, cfg);
 	check_dns_setup(&ck, cfg);
 	collect_targets(&ck);
+	collect_receiving(&ck);
 	check_senders(&ck, cfg);
 	unit_done(cfg);
 
@@ -2247,6 +2724,7 @@ int check_main(int argc, char **argv, const char *config_path)
 		ck.call = NULL;
 	}
 	ses_abort(&ck, "not finished");
+	inbound_abort(&ck, "not finished");
 	dnsr_cancel_all(&ck.dns, "not finished");
 	for (u = ck.units; u; u = u->next)
 		if (!u->done) {

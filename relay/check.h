@@ -1,7 +1,9 @@
 /*
  * check.h - `sesrelay check [-c FILE]`: is this host ready to send through
  * SES?  The configuration, the credentials, the SES account, every sender
- * identity the configuration names, and the DNS records SES needs, one line
+ * identity the configuration names, and the DNS records SES needs; with
+ * [inbound], also the bucket SES stores received mail in (the permissions the
+ * forwarder needs) and the MX of every domain the map receives for.  One line
  * per check ("ok", "warn" or "FAIL", with the fix).  See check.c.
  */
 #ifndef SESRELAY_CHECK_H

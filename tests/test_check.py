@@ -22,6 +22,7 @@ import localdns  # noqa: E402
 from fake_ses import (ACCESS_DENIED, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY,  # noqa: E402
                       THROTTLED_429, FakeSES)
 from relayharness import ASAN, BIN  # noqa: E402
+from s3rver import S3rver  # noqa: E402
 
 pytestmark = [
     pytest.mark.skipif(not localdns.available(),
@@ -182,10 +183,11 @@ def env(tmp_path):
 
 def only_problem(res, status, text, fix):
     """text is the one line that is not ok, with this status and fix."""
-    res.expect(status, text, fix)
+    line = res.expect(status, text, fix)
     others = [l for l in res.lines if not l.startswith("ok ") and not l[6:].startswith(text)]
     assert not others, "other problems:\n%r" % res
     assert res.rc == (1 if status == "FAIL" else 0), res
+    return line
 
 
 # --------------------------------------------------------------------------
@@ -712,3 +714,385 @@ def test_hostile_dns_answers(env, mode):
     if mode != "random":
         assert line.endswith(FIX + "make sure the name servers of example.com answer (asked %s)"
                              % h.server), line
+
+
+# --------------------------------------------------------------------------
+# [inbound]: the bucket (s3rver, or a front that refuses) and the MX of the
+# domains the map receives for
+# --------------------------------------------------------------------------
+
+BUCKET = "inbound"
+IN_MX = "inbound-smtp.us-east-1.amazonaws.com"
+NO_ENV_KEYS = {"AWS_ACCESS_KEY_ID": None, "AWS_SECRET_ACCESS_KEY": None}
+PROBE = re.compile(r"^mail/\.sesrelay-check-[0-9a-f]{16}$")
+
+
+def use_inbound(env, endpoint, maps=("@example.com me@gmail.test",), extra="",
+                from_address="forwarder@" + DOMAIN):
+    env.extra = "\n".join(["[inbound]", "bucket = " + BUCKET, "prefix = mail/",
+                           "endpoint = " + endpoint, "from_address = " + from_address] +
+                          ["map = " + m for m in maps] + ([extra] if extra else []))
+
+
+def use_s3rver_keys(env, secret=S3rver.SECRET_KEY):
+    """[ses] carries s3rver's keys (the one credentials chain); SES knows them too."""
+    env.ses_extra = "access_key_id = %s\nsecret_access_key = %s" % (S3rver.ACCESS_KEY, secret)
+    env.fake.add_credentials(S3rver.ACCESS_KEY, secret)
+
+
+def run_s3rver(env, **kw):
+    res = env.run(env=NO_ENV_KEYS, **kw)
+    # at most the first four characters of the key id, never the secret
+    assert S3rver.ACCESS_KEY not in res.out + res.err, res
+    return res
+
+
+@pytest.fixture
+def s3(tmp_path):
+    s = S3rver(tmp_path / "s3").start()
+    yield s
+    s.stop()
+
+
+def noted(s3, n):
+    """s3.requests once it holds n: the front notes a request after answering it."""
+    deadline = time.monotonic() + 5
+    while len(s3.requests) < n and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return list(s3.requests)
+
+
+@pytest.fixture
+def bucket(s3):
+    s3.create_bucket(BUCKET)
+    noted(s3, 1)
+    s3.requests.clear()
+    return s3
+
+
+class RefusingS3:
+    """A test-only S3 that answers like S3 when the action is allowed (an empty
+    listing, NoSuchKey for the key that cannot exist, 204 for its delete),
+    403 AccessDenied for the operations in deny, or nothing at all (hang)."""
+
+    LIST = ('<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.'
+            'amazonaws.com/doc/2006-03-01/"><Name>inbound</Name><Prefix>mail/</Prefix>'
+            '<KeyCount>0</KeyCount><MaxKeys>1</MaxKeys><IsTruncated>false</IsTruncated>'
+            '</ListBucketResult>')
+
+    def __init__(self, deny=(), hang=False):
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        owner = self
+        self.deny, self.hang, self.requests = set(deny), hang, []
+        self.release = threading.Event()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):
+                pass
+
+            def do_GET(self):
+                owner.answer(self)
+
+            do_PUT = do_DELETE = do_POST = do_GET
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.endpoint = "http://127.0.0.1:%d" % self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever,
+                                       kwargs={"poll_interval": 0.1}, daemon=True)
+        self.thread.start()
+
+    @staticmethod
+    def op(h):
+        if h.command == "GET":
+            return "list" if "list-type=" in h.path else "get"
+        if h.command == "DELETE":
+            return "delete"
+        return "copy" if h.command == "PUT" and h.headers.get("x-amz-copy-source") else "other"
+
+    @staticmethod
+    def error(code, message):
+        return ('<?xml version="1.0" encoding="UTF-8"?><Error><Code>%s</Code><Message>%s'
+                '</Message><RequestId>0123456789ABCDEF</RequestId></Error>' % (code, message))
+
+    def answer(self, h):
+        n = int(h.headers.get("Content-Length") or 0)
+        if n:
+            h.rfile.read(n)
+        op = self.op(h)
+        self.requests.append((op, h.command, h.path, h.headers.get("x-amz-copy-source")))
+        if self.hang:
+            self.release.wait(30)
+            h.close_connection = True
+            return
+        if op in self.deny:
+            status, body = 403, self.error("AccessDenied", "Access Denied")
+        elif op == "list":
+            status, body = 200, self.LIST
+        elif op == "delete":
+            status, body = 204, ""
+        elif op in ("get", "copy"):
+            status, body = 404, self.error("NoSuchKey", "The specified key does not exist.")
+        else:
+            status, body = 400, self.error("InvalidRequest", "not an operation check uses")
+        data = body.encode()
+        h.send_response(status)
+        h.send_header("x-amz-request-id", "0123456789ABCDEF")
+        if data:
+            h.send_header("Content-Type", "application/xml")
+        h.send_header("Content-Length", str(len(data)))
+        h.end_headers()
+        h.wfile.write(data)
+
+    def stop(self):
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+        self.thread.join(5)
+
+
+@pytest.fixture
+def refusing():
+    made = []
+
+    def make(**kw):
+        made.append(RefusingS3(**kw))
+        return made[-1]
+    yield make
+    for r in made:
+        r.stop()
+
+
+def test_inbound_all_good(env, bucket):
+    use_s3rver_keys(env)
+    use_inbound(env, bucket.endpoint)
+    res = run_s3rver(env)
+    assert res.rc == 0, res
+    assert all(l.startswith("ok    ") for l in res.lines), res
+    res.expect("ok", "credentials: config file (S3RV\u2026)")
+    res.expect("ok", "senders: 1 domain, 3 addresses")
+    res.expect("ok", "identity forwarder@example.com: covered by the verified domain example.com")
+    inbound = [l for l in res.lines if l[6:].startswith("inbound: ")]
+    assert inbound == [
+        "ok    inbound: s3://inbound/mail/ can be listed (s3:ListBucket)",
+        "ok    inbound: s3://inbound/mail/ objects can be read (s3:GetObject)",
+        "ok    inbound: s3://inbound/mail/ objects can be deleted (s3:DeleteObject)",
+        "ok    inbound: s3://inbound/held/ can be written (s3:PutObject, for failed_verdict "
+        "= hold)",
+        "ok    inbound: DNS example.com: MX 10 %s" % IN_MX,
+    ], res
+    # the two blocks come last, and example.com's MX is said once, as a requirement
+    assert res.lines[-len(inbound):] == inbound, res
+    assert not [l for l in res.lines if l[6:].startswith("DNS example.com: MX")], res
+    # what was asked, signed right, and nothing left behind
+    assert bucket.signature_failures == [], bucket.signature_failures
+    methods = [(m, p.split("?")[0]) for m, p, _ in noted(bucket, 4)]
+    assert [m for m, _ in methods] == ["GET", "GET", "DELETE", "PUT"], bucket.requests
+    key = methods[1][1][len("/inbound/"):]
+    assert PROBE.match(key), key
+    assert methods[2][1] == "/inbound/" + key
+    assert methods[3][1] == "/inbound/held/" + key
+    assert bucket.keys(BUCKET) == []
+
+
+def test_inbound_move_needs_put_object_on_done_prefix(env, bucket):
+    use_s3rver_keys(env)
+    use_inbound(env, bucket.endpoint, extra="delete_after = move\nfailed_verdict = delete")
+    res = run_s3rver(env)
+    assert res.rc == 0, res
+    res.expect("ok", "inbound: s3://inbound/done/ can be written (s3:PutObject, for "
+               "delete_after = move)")
+    assert not [l for l in res.lines if "held/" in l], res
+    puts = [p for m, p, _ in noted(bucket, 4) if m == "PUT"]
+    assert len(puts) == 1 and PROBE.match(puts[0][len("/inbound/done/"):]), bucket.requests
+    assert bucket.keys(BUCKET) == []
+
+
+def test_inbound_missing_bucket(env, s3):
+    use_s3rver_keys(env)
+    use_inbound(env, s3.endpoint)
+    res = run_s3rver(env)
+    line = only_problem(res, "FAIL", "inbound: s3://inbound/mail/: ListObjectsV2 "
+                        "s3://inbound/mail/: 404 NoSuchBucket: ", "check the bucket name")
+    assert line.count("check the bucket name") == 1, line     # S3's hint is the fix, once
+    # the other calls would only say the same
+    assert [m for m, _, _ in noted(s3, 1)] == ["GET"], s3.requests
+    assert not [l for l in res.lines if "s3:GetObject" in l], res
+
+
+def test_inbound_wrong_secret(env, bucket):
+    use_s3rver_keys(env, secret="not-the-secret")
+    use_inbound(env, bucket.endpoint)
+    res = run_s3rver(env)
+    assert "not-the-secret" not in res.out + res.err
+    res.expect("ok", "SES account: sending enabled")       # SES knows this secret
+    only_problem(res, "FAIL", "inbound: s3://inbound/mail/: ListObjectsV2 s3://inbound/mail/: "
+                 "403 SignatureDoesNotMatch: ",
+                 "check the secret access key (and that no proxy rewrites requests)")
+
+
+def test_inbound_mx_of_a_mapped_domain_elsewhere(env, bucket):
+    env.records[("MX", DOMAIN)] = [("aspmx.l.google.com", 1)]
+    use_s3rver_keys(env)
+    use_inbound(env, bucket.endpoint)
+    res = run_s3rver(env)
+    only_problem(res, "FAIL", "inbound: DNS example.com: MX points to aspmx.l.google.com, not "
+                 + IN_MX, "MX example.com 10 " + IN_MX)
+    # not also the sender block's "mail is received there"
+    assert not [l for l in res.lines if l[6:].startswith("DNS example.com: MX")], res
+
+
+def test_inbound_mx_is_required_for_mapped_domains_only(env, refusing):
+    """Every domain of an "@d" or "u@d" key must receive through SES; the
+    sender domain example.com, not in the map, keeps its warning."""
+    del env.records[("MX", DOMAIN)]
+    env.records[("MX", "corp.example")] = [(IN_MX, 10), ("backup.corp.example", 20)]
+    env.records[("MX", "pending.example")] = [("mx.pending.example", 5), (IN_MX, 10)]
+    env.records[("TXT", "solo.example")] = [SPF]      # the domain exists, without an MX
+    env.zones.append("nowhere.example")                # served, and empty: NXDOMAIN
+    use_inbound(env, refusing().endpoint,
+                maps=("info@corp.example a@gmail.test", "@solo.example b@gmail.test",
+                      "@Pending.Example c@gmail.test", "INFO@pending.example d@gmail.test",
+                      "@nowhere.example e@gmail.test", "postmaster f@gmail.test",
+                      "@ g@gmail.test"))
+    res = env.run()
+    assert res.rc == 1, res
+    res.expect("warn", "DNS example.com: no MX: receiving is not set up",
+               "MX example.com 10 %s (SES receiving), or your mailbox provider's MX" % IN_MX)
+    res.expect("ok", "inbound: DNS corp.example: MX 10 " + IN_MX)
+    res.expect("FAIL", "inbound: DNS solo.example: no MX, so its mail does not reach SES",
+               "MX solo.example 10 " + IN_MX)
+    res.expect("FAIL", "inbound: DNS pending.example: MX 5 mx.pending.example takes mail "
+               "before or beside MX 10 " + IN_MX,
+               "MX pending.example 10 %s as the only MX" % IN_MX)
+    res.expect("FAIL", "inbound: DNS nowhere.example: no such domain",
+               "MX nowhere.example 10 " + IN_MX)
+    mx = [l for l in res.lines if l[6:].startswith("inbound: DNS ")]
+    assert [l.split()[3] for l in mx] == ["corp.example:", "solo.example:",
+                                          "pending.example:", "nowhere.example:"], res
+    assert len(res.with_status("FAIL")) == 3, res
+    assert not [l for l in res.lines if "map names no domain" in l], res
+
+
+def test_inbound_region_names_the_mx(env, refusing):
+    env.records[("MX", DOMAIN)] = [(IN_MX, 10)]
+    use_inbound(env, refusing().endpoint, extra="region = eu-west-1")
+    res = env.run()
+    res.expect("FAIL", "inbound: DNS example.com: MX points to %s, not "
+               "inbound-smtp.eu-west-1.amazonaws.com" % IN_MX,
+               "MX example.com 10 inbound-smtp.eu-west-1.amazonaws.com")
+
+
+def test_inbound_map_without_domains_warns(env, refusing):
+    use_inbound(env, refusing().endpoint, maps=("@ a@gmail.test", "info b@gmail.test"))
+    res = env.run()
+    only_problem(res, "warn", "inbound: the map names no domain (only bare users or the "
+                 "catch-all @), so the receiving domains' MX cannot be checked",
+                 "give each domain SES receives for MX DOMAIN 10 " + IN_MX)
+    # the sender domain's MX is checked as before
+    res.expect("ok", "DNS example.com: MX 10 %s (SES receiving)" % IN_MX)
+
+
+def test_inbound_from_address_is_a_sender_identity(env, refusing):
+    use_inbound(env, refusing().endpoint, from_address="forwarder@solo.example")
+    res = env.run()
+    only_problem(res, "FAIL", "identity forwarder@solo.example: neither the address nor "
+                 "solo.example is verified in SES us-east-1",
+                 "verify the domain (aws sesv2 create-email-identity --email-identity "
+                 "solo.example) or this address (aws sesv2 create-email-identity "
+                 "--email-identity forwarder@solo.example, then open the link SES mails to it)")
+    env.fake.add_identity("forwarder@solo.example")
+    res = env.run()
+    assert res.rc == 0, res
+    res.expect("ok", "identity forwarder@solo.example: verified for sending")
+    paths = [r.path for r in env.fake.snapshot()["requests"]]
+    assert "/v2/email/identities/forwarder%40solo.example" in paths, paths
+
+
+WHERE_MAIL = "inbound: s3://inbound/mail/: "
+
+
+@pytest.mark.parametrize("deny,extra,want", [
+    ({"list"}, "", [
+        ("FAIL", WHERE_MAIL + "ListObjectsV2 s3://inbound/mail/: 403 AccessDenied: Access Denied",
+         "allow s3:ListBucket on arn:aws:s3:::inbound")]),
+    ({"get"}, "", [
+        ("FAIL", WHERE_MAIL + "GetObject s3://inbound/mail/.sesrelay-check-",
+         "allow s3:GetObject on arn:aws:s3:::inbound/mail/*")]),
+    ({"delete"}, "", [
+        ("FAIL", WHERE_MAIL + "DeleteObject s3://inbound/mail/.sesrelay-check-",
+         "allow s3:DeleteObject on arn:aws:s3:::inbound/mail/*")]),
+    ({"copy"}, "delete_after = move", [
+        ("FAIL", "inbound: s3://inbound/done/: CopyObject s3://inbound/mail/.sesrelay-check-",
+         "allow s3:PutObject on arn:aws:s3:::inbound/done/*"),
+        ("FAIL", "inbound: s3://inbound/held/: CopyObject s3://inbound/mail/.sesrelay-check-",
+         "allow s3:PutObject on arn:aws:s3:::inbound/held/*")]),
+    # without s3:ListBucket, S3 says AccessDenied for any missing key: unknown, not FAIL
+    ({"list", "get", "delete", "copy"}, "", [
+        ("FAIL", WHERE_MAIL + "ListObjectsV2 s3://inbound/mail/: 403 AccessDenied",
+         "allow s3:ListBucket on arn:aws:s3:::inbound"),
+        ("warn", WHERE_MAIL + "s3:GetObject unknown (without s3:ListBucket, S3 answers "
+         "AccessDenied for a missing key)",
+         "allow s3:ListBucket on arn:aws:s3:::inbound and s3:GetObject on "
+         "arn:aws:s3:::inbound/mail/*"),
+        ("FAIL", WHERE_MAIL + "DeleteObject s3://inbound/mail/.sesrelay-check-",
+         "allow s3:DeleteObject on arn:aws:s3:::inbound/mail/*"),
+        ("warn", "inbound: s3://inbound/held/: s3:PutObject unknown",
+         "allow s3:ListBucket on arn:aws:s3:::inbound and s3:PutObject on "
+         "arn:aws:s3:::inbound/held/*")]),
+])
+def test_inbound_access_denied_names_the_permission(env, refusing, deny, extra, want):
+    s3 = refusing(deny=deny)
+    use_inbound(env, s3.endpoint, extra=extra)
+    res = env.run()
+    assert res.rc == 1, res
+    for status, text, fix in want:
+        line = res.expect(status, text, fix)
+        # the fix names the one action; S3's catch-all hint is left out
+        assert "s3:ListBucket, s3:GetObject" not in line, line
+    problems = [l for l in res.lines if not l.startswith("ok ")]
+    assert len(problems) == len(want), res
+    # every step ran, on one key
+    ops = [op for op, _, _, _ in s3.requests]
+    assert ops == ["list", "get", "delete"] + ["copy"] * (2 if extra else 1), s3.requests
+    keys = {p.split("?")[0] for op, _, p, _ in s3.requests if op in ("get", "delete")}
+    assert len(keys) == 1 and PROBE.match(keys.pop()[len("/inbound/"):]), s3.requests
+    sources = {src for op, _, _, src in s3.requests if op == "copy"}
+    assert len(sources) == 1 and sources.pop().startswith("inbound/mail/.sesrelay-check-")
+
+
+def test_inbound_s3_unreachable(env):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    dead = "http://127.0.0.1:%d" % s.getsockname()[1]
+    s.close()
+    use_inbound(env, dead)
+    res = env.run()
+    assert res.rc == 1, res
+    assert res.seconds < 20, res
+    only_problem(res, "FAIL", WHERE_MAIL + "ListObjectsV2 s3://inbound/mail/: no answer from "
+                 + dead, "make sure this host reaches S3 over HTTP(S) (firewall, proxy, "
+                 "[inbound] region and endpoint)")
+
+
+def test_inbound_s3_hanging_is_cut_off_by_the_bound(env, refusing):
+    s3 = refusing(hang=True)
+    use_inbound(env, s3.endpoint)
+    res = env.run(env={"SESRELAY_CHECK_TIMEOUT": "3"}, timeout=30)
+    assert res.rc == 1, res
+    assert 2.5 < res.seconds < 10, res
+    only_problem(res, "FAIL", WHERE_MAIL + "timed out (no answer within 3 s)", None)
+    assert res.out.splitlines()[-1].startswith("sesrelay check: ")
+
+
+def test_inbound_without_credentials(env, refusing):
+    s3 = refusing()
+    use_inbound(env, s3.endpoint)
+    res = env.run(env=NO_ENV_KEYS)
+    assert res.rc == 1, res
+    res.expect("FAIL", WHERE_MAIL + "not checked: no AWS credentials")
+    res.expect("ok", "inbound: DNS example.com: MX 10 " + IN_MX)   # DNS needs none
+    assert s3.requests == []
