@@ -32,20 +32,39 @@ What tests get (thread-safe; each accessor returns copies):
   .connections()   one dict per connection: id, tls, auth (mechanism),
                    user, commands (verbs in order: EHLO, STARTTLS, AUTH, MAIL,
                    RCPT, DATA, RSET, QUIT ...), pipelined (commands that
-                   arrived while earlier replies were unsent), messages, closed
+                   arrived while earlier replies were unsent), messages, closed,
+                   opened / closed_at (time.time())
+  .transactions()  one dict per transaction (MAIL to its final reply), in
+                   MAIL order: index (1, 2, ... over the fake's life), conn,
+                   mail_from, rcpts (every RCPT TO address, in order), refused
+                   ({address: reply} for the refused ones), data (the message
+                   as received, also when the end of data was refused; None
+                   before DATA), code / reply (the final reply: the refused
+                   MAIL, DATA or end of data, "RSET" when the client gave up,
+                   code 0 when the connection was lost first; None while in
+                   flight), ok (the end of data was accepted), start, done
+                   (time.time()), message_id
   .violations()    protocol mistakes the relay must never make
   .duplicates()    (sha256 of the data, recipient) accepted more than once
   .wait_until(f, timeout)  poll f() until truthy; returns its value
 
 Fault injection (matched in order, each used up after n uses):
-  .inject(kind, reply, n=1, match=None, close=False)
+  .inject(kind, reply, n=1, match=None, close=False, when=None)
       kind: "MAIL", "RCPT", "DATA" (the DATA command) or "DOT" (the end of
       the message data); reply: the full reply line(s), e.g.
-      "454 Throttling failure: Maximum sending rate exceeded.";
-      match(addr) narrows RCPT/MAIL faults to some addresses; close=True (or a
-      421 reply) closes the connection after answering.
+      "454 Throttling failure: Maximum sending rate exceeded.", or None: no
+      reply at all, the connection is reset (RST) instead;
+      n=None: every matching command until clear_faults();
+      match(addr) narrows RCPT/MAIL faults to some addresses;
+      when(txn) narrows any fault by the transaction so far (a copy of its
+      .transactions() record: index, mail_from, rcpts, data ...);
+      close=True (or a 421 reply) closes the connection after answering.
   .clear_faults()
   .dot_latency = seconds slept before answering the end of data
+  .on_data(callback)  callback(txn) runs before the end of data is answered
+  .down(mode="refuse") / .up()   "refuse": stop listening and reset every open
+      connection (connection refused); "reset": accept connections and reset
+      them at once.  up() listens again on the SAME port.
 
 PKI for tests: make_pki(directory) writes a CA, a server certificate for
 localhost / 127.0.0.1 / ::1 and one for a WRONG name (wrong.example.net),
@@ -66,6 +85,7 @@ import os
 import re
 import socket
 import ssl
+import struct
 import sys
 import threading
 import time
@@ -188,10 +208,17 @@ class _Session(SMTP):
     def __init__(self, fake, **kw):
         self.fake = fake
         self.conn = None
+        self.txn = None             # index of the open transaction, if any
+        self.last_reply = None      # the last reply line(s) pushed
+        self.was_reset = False      # reset_now() cut the connection
         super().__init__(_Handler(fake), **kw)
 
     def connection_made(self, transport):
         starttls_done = self._original_transport is not None and self.transport is not None
+        if not starttls_done and self.fake._mode == "reset":
+            self.transport = transport
+            self.reset_now()
+            return
         super().connection_made(transport)
         if starttls_done:
             obj = transport.get_extra_info("ssl_object")
@@ -203,8 +230,29 @@ class _Session(SMTP):
 
     def connection_lost(self, error):
         if self.conn is not None:
-            self.fake._update_conn(self.conn, closed=True)
+            self.fake._update_conn(self.conn, closed=True, closed_at=time.time())
+            self.fake._txn_end(self, 0, "connection lost")
+        if self._handler_coroutine is None:         # reset before the session began
+            self.transport = None
+            return
         super().connection_lost(error)
+
+    def reset_now(self):
+        """Cut the connection with a TCP RST, no reply (an outage mid-command)."""
+        raw = self._original_transport or self.transport
+        if raw is None or self.was_reset:
+            return
+        self.was_reset = True
+        sock = raw.get_extra_info("socket")
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        except (OSError, AttributeError):
+            pass
+        raw.abort()
+
+    async def push(self, status):
+        self.last_reply = status if isinstance(status, str) else status.decode("utf-8", "replace")
+        await super().push(status)
 
     def _timeout_cb(self):
         # SES says why before it hangs up on an idle client
@@ -238,9 +286,17 @@ class _Session(SMTP):
 
     async def smtp_MAIL(self, arg):
         self._note("MAIL")
+        if self.txn is not None:
+            self.fake._violation(f"MAIL inside an open transaction (connection {self.conn})")
+        else:
+            m = re.match(r"(?i)^FROM:\s*<([^>]*)>", arg or "")
+            self.txn = self.fake._txn_begin(self.conn, m.group(1) if m else None)
         if arg and re.match(r"(?i)^FROM:\s*<>", arg):
             arg = re.sub(r"(?i)^FROM:\s*<>", f"FROM:<{NULL_SENDER}>", arg)
+        self.last_reply = None
         await super().smtp_MAIL(arg)
+        if self.last_reply is not None and not self.last_reply.startswith("250"):
+            self.fake._txn_end(self, _code(self.last_reply), self.last_reply)
 
     async def smtp_RCPT(self, arg):
         self._note("RCPT")
@@ -248,6 +304,7 @@ class _Session(SMTP):
 
     async def smtp_RSET(self, arg):
         self._note("RSET")
+        self.fake._txn_end(self, None, "RSET")
         await super().smtp_RSET(arg)
 
     async def smtp_NOOP(self, arg):
@@ -256,6 +313,7 @@ class _Session(SMTP):
 
     async def smtp_QUIT(self, arg):
         self._note("QUIT")
+        self.fake._txn_end(self, None, "QUIT")
         await super().smtp_QUIT(arg)
 
     async def smtp_DATA(self, arg):
@@ -263,8 +321,15 @@ class _Session(SMTP):
         reply = self.envelope.rcpt_tos and self.fake._fault_reply(self, "DATA", None)
         if reply:
             await self.push(reply)
+            self.fake._txn_end(self, _code(reply), reply)
             return
+        if reply is None and self.envelope.rcpt_tos and self.was_reset:
+            return                  # reset instead of a reply
+        self.last_reply = None
         await super().smtp_DATA(arg)
+        if self.last_reply is not None:
+            # the refused DATA command, or the answer to the end of data
+            self.fake._txn_end(self, _code(self.last_reply), self.last_reply)
 
     def close_soon(self):
         # after the reply that aiosmtpd is about to push has gone out
@@ -290,28 +355,36 @@ class _Handler:
         reply = self.fake._fault_reply(server, "MAIL", address)
         if reply:
             return reply
+        if server.was_reset:
+            return "421 reset"              # never seen: the connection is gone
         envelope.mail_from = address
         envelope.mail_options.extend(options)
         return "250 Ok"
 
     async def handle_RCPT(self, server, session, envelope, address, options):
         reply = self.fake._fault_reply(server, "RCPT", address)
-        if reply:
-            return reply
-        if len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
+        if reply is None and server.was_reset:
+            return "421 reset"              # never seen: the connection is gone
+        if not reply and len(envelope.rcpt_tos) >= MAX_RECIPIENTS:
             self.fake._violation(f"more than {MAX_RECIPIENTS} recipients in one transaction "
                                  f"(connection {server.conn})")
-            return "452 4.5.3 Too many recipients"
+            reply = "452 4.5.3 Too many recipients"
+        self.fake._txn_rcpt(server, address, reply)
+        if reply:
+            return reply
         envelope.rcpt_tos.append(address)
         return "250 Ok"
 
     async def handle_DATA(self, server, session, envelope):
+        data = bytes(envelope.original_content)
+        self.fake._txn_data(server, data)
         if self.fake.dot_latency:
             await asyncio.sleep(self.fake.dot_latency)
         reply = self.fake._fault_reply(server, "DOT", None)
         if reply:
             return reply
-        data = bytes(envelope.original_content)
+        if server.was_reset:
+            return "421 reset"              # never seen: the connection is gone
         if re.search(rb"(?<!\r)\n|\r(?!\n)", data):
             self.fake._violation("bare CR or LF in the message data")
         mid = "0100%012x-%s-000000" % (int(time.time() * 1000), uuid.uuid4())
@@ -322,8 +395,14 @@ class _Handler:
                                mail_options=list(envelope.mail_options),
                                config_set=_header(data, b"X-SES-CONFIGURATION-SET"),
                                message_id=mid, conn=server.conn, user=login,
-                               tls=self.fake._conn_tls(server.conn), time=time.time()))
+                               tls=self.fake._conn_tls(server.conn), time=time.time()),
+                          server)
         return f"250 Ok {mid}"
+
+
+def _code(reply):
+    m = re.match(r"(\d{3})", reply or "")
+    return int(m.group(1)) if m else None
 
 
 def _header(data, name):
@@ -363,6 +442,10 @@ class FakeSESSMTP:
         self._faults = []
         self._fault_log = []
         self._auth_failures = 0
+        self._txns = []
+        self._hooks = []
+        self._mode = "up"
+        self._sock = None
         self._loop = None
         self._thread = None
         self._server = None
@@ -370,20 +453,26 @@ class FakeSESSMTP:
 
     # --- life cycle ----------------------------------------------------------
 
-    def start(self):
+    def _bind(self):
         sock = socket.socket(socket.AF_INET6 if ":" in self.host else socket.AF_INET)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((self.host, self.port))
         sock.listen(128)
         self.port = sock.getsockname()[1]
+        return sock
+
+    def _create_server(self, sock):
+        implicit = server_context(self.cert, self.key) if self.mode == "implicit" else None
+        return self._loop.create_server(self._factory, sock=sock, ssl=implicit)
+
+    def start(self):
+        sock = self._bind()
         self._loop = asyncio.new_event_loop()
         ready = threading.Event()
-        implicit = server_context(self.cert, self.key) if self.mode == "implicit" else None
 
         def run():
             asyncio.set_event_loop(self._loop)
-            self._server = self._loop.run_until_complete(
-                self._loop.create_server(self._factory, sock=sock, ssl=implicit))
+            self._server = self._loop.run_until_complete(self._create_server(sock))
             ready.set()
             self._loop.run_forever()
 
@@ -412,7 +501,8 @@ class FakeSESSMTP:
         loop, self._loop = self._loop, None
 
         def shutdown():
-            self._server.close()
+            if self._server is not None:
+                self._server.close()
             for s in list(self._sessions):
                 if s.transport is not None:
                     s.transport.close()
@@ -430,6 +520,58 @@ class FakeSESSMTP:
                 if s.transport is not None:
                     s.transport.close()
         self._loop.call_soon_threadsafe(drop)
+
+    def _in_loop(self, fn, timeout=10):
+        """Run fn() in the server's loop (fn may return a coroutine); wait for it."""
+        async def call():
+            v = fn()
+            if asyncio.iscoroutine(v):
+                v = await v
+            return v
+        return asyncio.run_coroutine_threadsafe(call(), self._loop).result(timeout)
+
+    def down(self, mode="refuse"):
+        """Unreachable: "refuse" closes the listening socket (connection
+        refused) and resets every open connection; "reset" keeps listening
+        but resets every connection, new ones at once.  Transactions in
+        progress are cut off, never accepted."""
+        assert mode in ("refuse", "reset"), mode
+
+        def go():
+            self._mode = mode
+            if mode == "refuse" and self._server is not None:
+                self._server.close()
+                self._server = None
+            for s in list(self._sessions):
+                if s.transport is not None:
+                    s.reset_now()
+        self._in_loop(go)
+
+    def up(self):
+        """Reachable again, on the same port."""
+        def go():
+            was, self._mode = self._mode, "up"
+            if self._server is None:
+                sock = None
+                for _ in range(100):         # the port may linger for a moment
+                    try:
+                        sock = self._bind()
+                        break
+                    except OSError:
+                        time.sleep(0.05)
+                if sock is None:
+                    sock = self._bind()
+
+                async def serve():
+                    self._server = await self._create_server(sock)
+                    return was
+                return serve()
+            return was
+        return self._in_loop(go)
+
+    @property
+    def is_up(self):
+        return self._mode == "up"
 
     # --- AUTH ----------------------------------------------------------------
 
@@ -452,10 +594,17 @@ class FakeSESSMTP:
 
     # --- faults --------------------------------------------------------------
 
-    def inject(self, kind, reply, n=1, match=None, close=False):
+    def inject(self, kind, reply, n=1, match=None, close=False, when=None):
         assert kind in ("MAIL", "RCPT", "DATA", "DOT"), kind
         with self._lock:
-            self._faults.append(dict(kind=kind, reply=reply, n=n, match=match, close=close))
+            self._faults.append(dict(kind=kind, reply=reply, n=n, match=match, close=close,
+                                     when=when))
+
+    def on_data(self, callback):
+        """callback(txn) runs (in the server's thread) once the message data is
+        in, before the end of data is answered or any fault applies."""
+        with self._lock:
+            self._hooks.append(callback)
 
     def clear_faults(self):
         with self._lock:
@@ -463,19 +612,28 @@ class FakeSESSMTP:
 
     def _fault_reply(self, server, kind, address):
         """The injected reply for this command (closing the connection after
-        it when asked to, or for a 421), or None."""
+        it when asked to, or for a 421); None after resetting the connection
+        for a fault without a reply; "" when no fault applies."""
         with self._lock:
+            txn = dict(self._txns[server.txn - 1]) if server.txn else None
             for f in self._faults:
-                if f["kind"] != kind or f["n"] <= 0:
+                if f["kind"] != kind or (f["n"] is not None and f["n"] <= 0):
                     continue
                 if f["match"] is not None and not f["match"](address):
                     continue
-                f["n"] -= 1
+                if f["when"] is not None and (txn is None or not f["when"](txn)):
+                    continue
+                if f["n"] is not None:
+                    f["n"] -= 1
                 reply, close = f["reply"], f["close"]
                 break
             else:
-                return None
+                return ""
             self._fault_log.append((kind, address, reply))
+        if reply is None:
+            self._txn_end(server, 0, "connection reset")
+            server.reset_now()
+            return None
         if close or reply.startswith("421"):
             server.close_soon()
         return reply
@@ -491,7 +649,7 @@ class FakeSESSMTP:
             cid = len(self._conns) + 1
             self._conns.append(dict(id=cid, peer=peer, tls=tls, auth=None, user=None,
                                     commands=[], pipelined=[], messages=0, closed=False,
-                                    idle_closed=False, opened=time.time()))
+                                    idle_closed=False, opened=time.time(), closed_at=None))
             return cid
 
     def _update_conn(self, cid, **kw):
@@ -517,11 +675,55 @@ class FakeSESSMTP:
         with self._lock:
             self._violations.append(what)
 
-    def _record(self, msg):
+    def _record(self, msg, server=None):
         with self._lock:
             self._messages.append(msg)
             if msg["conn"]:
                 self._conns[msg["conn"] - 1]["messages"] += 1
+            if server is not None and server.txn:
+                self._txns[server.txn - 1]["message_id"] = msg["message_id"]
+
+    # --- transactions ----------------------------------------------------------
+
+    def _txn_begin(self, cid, mail_from):
+        with self._lock:
+            self._txns.append(dict(index=len(self._txns) + 1, conn=cid, mail_from=mail_from,
+                                   rcpts=[], refused={}, data=None, code=None, reply=None,
+                                   ok=False, start=time.time(), done=None, message_id=None))
+            return len(self._txns)
+
+    def _txn_rcpt(self, server, address, reply):
+        with self._lock:
+            if server.txn:
+                t = self._txns[server.txn - 1]
+                t["rcpts"].append(address)
+                if reply:
+                    t["refused"][address] = reply
+
+    def _txn_data(self, server, data):
+        with self._lock:
+            if not server.txn:
+                return
+            t = self._txns[server.txn - 1]
+            t["data"] = data
+            hooks, txn = list(self._hooks), dict(t)
+        for h in hooks:
+            h(txn)
+
+    def _txn_end(self, server, code, reply):
+        """The open transaction of this session is over (no-op if none)."""
+        with self._lock:
+            if not server.txn:
+                return
+            t = self._txns[server.txn - 1]
+            server.txn = None
+            t.update(code=code, reply=reply, done=time.time(),
+                     ok=code == 250 and t["data"] is not None)
+
+    def transactions(self):
+        with self._lock:
+            return [dict(t, rcpts=list(t["rcpts"]), refused=dict(t["refused"]))
+                    for t in self._txns]
 
     def messages(self):
         with self._lock:
