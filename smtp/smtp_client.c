@@ -438,6 +438,8 @@ struct job {
 	size_t replied; /* replies read */
 	int mail_ok;    /* MAIL (and RSET) accepted */
 	int failed;     /* RSET or MAIL refused: the rest are skipped */
+	int data_sent;  /* DATA went out with the envelope (PIPELINING) */
+	int aborting;   /* the transaction failed: its DATA reply is only drained */
 	enum delivery_status fail_st;
 	char fail_text[DELIVERY_TEXT_MAX];
 
@@ -1435,11 +1437,15 @@ static void txn_start(struct session *s)
 	j->rset_first = s->dirty;
 	j->ncmds = (size_t)j->rset_first + 1 + j->nsend;
 	j->sent = j->replied = 0;
-	j->mail_ok = j->failed = 0;
+	j->mail_ok = j->failed = j->data_sent = j->aborting = 0;
 	enter_state(s, S_ENVELOPE);
 	if (s->ehlo.pipelining) {
+		/* RFC 2920: the whole envelope and DATA in one write; the server
+		 * refuses DATA itself when no recipient was accepted */
 		while (j->sent < j->ncmds)
 			send_envelope_cmd(s, j->sent);
+		send_line(s, "DATA");
+		j->data_sent = 1;
 	} else
 		send_envelope_cmd(s, 0);
 }
@@ -1467,25 +1473,39 @@ static int txn_retry_elsewhere(struct session *s, const char *why)
 	return 1;
 }
 
+/* A failed transaction is over (its pipelined DATA answered, if any). */
+static void txn_failed(struct session *s)
+{
+	struct job *j = s->job;
+
+	s->dirty = 1;
+	job_finish(j, j->fail_st, j->fail_text);
+	session_txn_end(s);
+}
+
 /* The envelope is done (all replies read): DATA, or the end of this job. */
 static void envelope_done(struct session *s)
 {
 	struct job *j = s->job;
 
-	if (j->failed) {
-		s->dirty = 1;
-		job_finish(j, j->fail_st, j->fail_text);
-		session_txn_end(s);
-		return;
-	}
-	if (j->naccepted == 0) {
+	if (!j->failed && j->naccepted == 0) {
 		/* every recipient has its RCPT outcome; the transaction stays open */
-		s->dirty = 1;
-		job_finish(j, DELIVERY_DEFER, "no recipient accepted");
-		session_txn_end(s);
+		j->failed = 1;
+		j->fail_st = DELIVERY_DEFER;
+		copy_capped(j->fail_text, sizeof(j->fail_text), "no recipient accepted");
+	}
+	if (j->failed) {
+		if (j->data_sent) {
+			/* the pipelined DATA still gets a reply: read it first */
+			j->aborting = 1;
+			enter_state(s, S_DATA);
+			return;
+		}
+		txn_failed(s);
 		return;
 	}
-	send_line(s, "DATA");
+	if (!j->data_sent)
+		send_line(s, "DATA");
 	enter_state(s, S_DATA);
 }
 
@@ -1537,6 +1557,18 @@ static void on_data(struct session *s, const struct smtp_client_reply *r)
 	struct job *j = s->job;
 	char line[DELIVERY_TEXT_MAX];
 
+	if (j->aborting) {
+		if (r->code == 354) {
+			/* a server that takes DATA with no recipient: an empty
+			 * message to nobody ends it (RFC 2920 section 3.1) */
+			send_line(s, ".");
+			enter_state(s, S_DOT);
+		} else if (r->code == 421)
+			session_fail(s, DELIVERY_DEFER, j->fail_text);
+		else
+			txn_failed(s);
+		return;
+	}
 	if (r->code == 354) {
 		j->hdr_pos = 0;
 		j->data_pos = 0;
@@ -1607,6 +1639,13 @@ static void on_dot(struct session *s, const struct smtp_client_reply *r)
 	struct job *j = s->job;
 	char line[DELIVERY_TEXT_MAX], id[200];
 
+	if (j->aborting) {
+		if (r->code == 421)
+			session_fail(s, DELIVERY_DEFER, j->fail_text);
+		else
+			txn_failed(s);
+		return;
+	}
 	smtp_client_reply_format(r, line, sizeof(line));
 	if (r->code / 100 == 2) {
 		if (smtp_client_message_id(r, id, sizeof(id)) == 0)

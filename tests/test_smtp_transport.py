@@ -1,18 +1,24 @@
-"""The "smtp" transport end to end (SPEC sections 3 and 5): mail submitted over
-SMTP to the real binary, delivered over SES's SMTP interface as impersonated
-by tests/lib/fake_ses_smtp.py (aiosmtpd with SES's manners: TLS mandatory,
-AUTH with the password derived from the secret key, 50 recipients per
-transaction, idle connections dropped, injectable SES replies).  Also the
-`sesrelay smtp-password` command.
+"""The "smtp" transport end to end (SPEC sections 3 and 5), what only it has:
+mail submitted over SMTP to the real binary, delivered over SES's SMTP
+interface as impersonated by tests/lib/fake_ses_smtp.py (aiosmtpd with SES's
+manners: TLS mandatory, AUTH with the password derived from the secret key,
+50 recipients per transaction, idle connections dropped, injectable SES
+replies).  Here: TLS modes and certificates, STARTTLS stripping, AUTH
+mechanisms and SMTP credentials, pipelining, the connection pool's own
+manners (idle connections, 421 on a pooled connection, RSET), SES's SIZE
+limit, and the `sesrelay smtp-password` command.
+
+The delivery scenarios both transports share (byte-exact delivery, splitting,
+per-recipient and per-transaction refusals, bounces, retries, throttling,
+quota, pauses, outages and connection back-off, restarts, SIGTERM, rate and
+concurrency, flushing) are written once in test_transports.py and run there
+for the SMTP and the API transport alike.
 
 Every test is bounded: it polls with deadlines and never sleeps blindly,
 except for short "nothing more happens" windows.  At teardown the fake must
 have seen no protocol violation and no (message, recipient) pair twice.
 """
-import hashlib
 import os
-import re
-import signal
 import smtplib
 import subprocess
 import time
@@ -20,16 +26,14 @@ import time
 import pytest
 
 import fake_ses_smtp
-from fake_ses_smtp import (ACCESS_DENIED, DAILY_QUOTA, MESSAGE_REJECTED, THROTTLING,
-                           FakeSESSMTP)
-from relayharness import ASAN, BIN, free_port
+from fake_ses_smtp import FakeSESSMTP
+from relayharness import BIN
 
 KEY = fake_ses_smtp.DEFAULT_ACCESS_KEY
 SECRET = fake_ses_smtp.DEFAULT_SECRET_KEY
 REGION = "us-east-1"
 VECTOR_SECRET = "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY"
 VECTOR_PASSWORD = "BMPPgbAHoFVbze1Ud0oA5uNdXRwUXUZ+qOwphGJbl/cS"  # us-east-2, SES-NOTES.md
-RELAY = r"relay=ses-smtp\[localhost\]"
 BASE_ENV = {"AWS_EC2_METADATA_DISABLED": "true",
             "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
             "AWS_CONFIG_FILE": "/nonexistent/config",
@@ -163,47 +167,7 @@ def wait_delivered(relay, fake, n_rcpts, timeout=20):
     return fake.messages()
 
 
-def log_count(relay, pattern):
-    return len(re.findall(pattern, relay.read_log()))
-
-
-def received_prefix_only(data, body):
-    """data is body with only the relay's own Received: trace field before it."""
-    assert data.endswith(body), data[-200:]
-    head = data[:len(data) - len(body)]
-    assert head.startswith(b"Received: "), head[:200]
-    for line in head.split(b"\r\n")[1:]:
-        assert line == b"" or line[:1] in (b" ", b"\t"), head
-    return head
-
-
 # --- delivery ---------------------------------------------------------------
-
-DOTTY = (b"From: Alice <alice@example.com>\r\nTo: bob@example.net\r\n"
-         b"Subject: dots\r\n\r\n.\r\n..\r\n.leading dot\r\n...three\r\nmiddle . dot\r\n"
-         b"\r\n.\r\nlast line\r\n")
-
-
-def test_starttls_delivery_byte_exact(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake)
-    submit(relay, "alice@example.com", ["bob@example.net", "carol@example.org"], DOTTY)
-    [m] = wait_delivered(relay, fake, 2)
-    assert m["mail_from"] == "alice@example.com"
-    assert m["rcpts"] == ["bob@example.net", "carol@example.org"]
-    received_prefix_only(m["data"], DOTTY)          # dot-stuffing round trip
-    assert m["tls"] in ("TLSv1.2", "TLSv1.3") and m["user"] == KEY
-    assert m["config_set"] is None
-    [c] = fake.connections()
-    assert c["commands"][:5] == ["EHLO", "STARTTLS", "EHLO", "AUTH PLAIN", "MAIL"], c
-    assert any(o.startswith("SIZE=") for o in m["mail_options"]), m["mail_options"]
-    for rcpt in ("bob@example.net", "carol@example.org"):
-        relay.wait_log(rf"to=<{re.escape(rcpt)}>, {RELAY}, .*status=sent "
-                       rf"\(MessageId {re.escape(m['message_id'])}\)")
-    log = relay.read_log()
-    assert SECRET not in log and fake_ses_smtp.smtp_password(SECRET, REGION) not in log
-    assert "AUTH PLAIN <secret>" in log or "AUTH PLAIN" not in log
-
 
 def test_implicit_tls_with_configuration_set(fakes, smtp_relay):
     fake = fakes("implicit")
@@ -230,27 +194,25 @@ def test_pipelining_when_offered(fakes, smtp_relay):
     assert c["pipelined"].count("RCPT") >= 4, c
 
 
-def test_120_recipients_in_50_50_20(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake, relay_section="max_recipients = 200")
-    rcpts = [f"user{i:03d}@example.net" for i in range(120)]
-    submit(relay, "alice@example.com", rcpts)
-    msgs = wait_delivered(relay, fake, 120, timeout=30)
-    assert sorted(len(m["rcpts"]) for m in msgs) == [20, 50, 50]
-    got = [r for m in msgs for r in m["rcpts"]]
-    assert sorted(got) == sorted(rcpts) and len(set(got)) == 120
-    assert log_count(relay, r"status=sent") == 120
-
-
-def test_connection_reused_across_messages(fakes, smtp_relay):
-    fake = fakes("starttls")
+def test_pipelined_data_with_every_recipient_refused(fakes, smtp_relay):
+    """DATA goes out with the envelope (RFC 2920); when every RCPT is refused
+    the server refuses DATA too, and the relay reads that reply before it
+    resets and uses the connection for the next message."""
+    fake = fakes("starttls", pipelining=True)
     relay = smtp_relay(fake, concurrency=1)
-    for i in range(3):
-        submit(relay, "alice@example.com", [f"bob{i}@example.net"])
-        wait_delivered(relay, fake, i + 1)
+    fake.inject("RCPT", "550 5.1.1 no such user", n=2)
+    submit(relay, "alice@example.com", ["gone1@example.org", "gone2@example.org"])
+    relay.wait_log(r"to=<gone2@example.org>.*status=bounced")
+    submit(relay, "alice@example.com", ["bob@example.net"])
+    [m] = wait_delivered(relay, fake, 1)
+    assert m["rcpts"] == ["bob@example.net"]
     [c] = fake.connections()
-    assert c["messages"] == 3 and c["commands"].count("AUTH PLAIN") == 1, c
-    assert "RSET" not in c["commands"], c  # only after a failed transaction
+    # every command of the envelope had the next one queued behind it: the
+    # last RCPT had DATA (the fake marks a command "pipelined" when more input
+    # was already buffered after it)
+    assert c["pipelined"][:3] == ["MAIL", "RCPT", "RCPT"], c
+    i = c["commands"].index("RSET")
+    assert c["commands"][i - 4:i + 1] == ["MAIL", "RCPT", "RCPT", "DATA", "RSET"], c
 
 
 def test_own_idle_connections_closed_with_quit(fakes, smtp_relay):
@@ -293,78 +255,6 @@ def test_pooled_connection_421_retried_once_elsewhere(fakes, smtp_relay):
     assert len(conns) == 2 and conns[1]["messages"] == 1
 
 
-def test_throttling_retried_and_delivered_once(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake)
-    fake.inject("MAIL", THROTTLING, n=1)
-    submit(relay, "alice@example.com", ["bob@example.net"])
-    [m] = wait_delivered(relay, fake, 1)
-    relay.wait_log(r"SES is throttling us \(454 Throttling failure")
-    assert "status=bounced" not in relay.read_log()
-    assert len(fake.faults_used()) == 1
-
-
-def test_daily_quota_holds_delivery(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake)
-    fake.inject("DOT", DAILY_QUOTA, n=1)
-    submit(relay, "alice@example.com", ["bob@example.net"])
-    relay.wait_log(r"SES daily sending quota exhausted \(454 Throttling failure: Daily")
-    time.sleep(1.5)
-    assert not fake.messages() and len(queued(relay)) == 1
-    assert "status=bounced" not in relay.read_log()
-
-
-def test_access_denied_pauses_nothing_bounced(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake)
-    fake.inject("MAIL", ACCESS_DENIED, n=2)
-    submit(relay, "alice@example.com", ["bob@example.net", "carol@example.org"])
-    relay.wait_log(r"SES refused the request: 554 Access denied.*Delivery is paused and "
-                   r"nothing is bounced")
-    wait_delivered(relay, fake, 2, timeout=30)      # resumes by itself once allowed
-    assert "status=bounced" not in relay.read_log()
-
-
-def test_rcpt_5xx_bounces_only_that_recipient(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake)
-    fake.inject("RCPT", "550 5.1.1 <gone@example.org>: no such user", n=1,
-                match=lambda a: a == "gone@example.org")
-    submit(relay, "alice@example.com", ["bob@example.net", "gone@example.org", "eve@example.com"])
-    relay.wait_log(rf"to=<gone@example.org>, {RELAY}, .*status=bounced \(550 5\.1\.1 ")
-    [m] = wait_delivered(relay, fake, 2)
-    assert m["rcpts"] == ["bob@example.net", "eve@example.com"]
-    assert log_count(relay, r"status=bounced") == 1 and log_count(relay, r"status=sent") == 2
-    relay.wait_log(r"no bounce sent to <alice@example.com>: \[queue\] bounce_from is not set")
-
-
-def test_rcpt_4xx_defers_only_that_recipient(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake)
-    fake.inject("RCPT", "451 4.3.0 try later", n=1, match=lambda a: a == "later@example.org")
-    submit(relay, "alice@example.com", ["bob@example.net", "later@example.org"])
-    msgs = wait_delivered(relay, fake, 2)
-    assert [m["rcpts"] for m in msgs] == [["bob@example.net"], ["later@example.org"]]
-    assert log_count(relay, r"to=<later@example.org>.*status=deferred \(451 4\.3\.0") == 1
-    assert log_count(relay, r"to=<bob@example.net>.*status=sent") == 1
-
-
-def test_message_rejected_at_end_of_data_bounces(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake)
-    fake.inject("DOT", MESSAGE_REJECTED, n=1)
-    submit(relay, "alice@example.com", ["bob@example.net", "carol@example.org"])
-    for r in ("bob@example.net", "carol@example.org"):
-        relay.wait_log(rf"to=<{re.escape(r)}>, {RELAY}, .*status=bounced \(554 Message "
-                       r"rejected: Email address is not verified")
-    wait_for(lambda: not queued(relay), 10, "the bounced message removed", relay, fake)
-    assert not fake.messages()
-    # the failed transaction is over at its final reply: the next one needs no RSET
-    submit(relay, "alice@example.com", ["dave@example.net"])
-    wait_delivered(relay, fake, 1)
-
-
 def test_failed_transaction_reset_before_next(fakes, smtp_relay):
     fake = fakes("starttls")
     relay = smtp_relay(fake, concurrency=1)
@@ -388,27 +278,6 @@ def test_size_limit_from_ehlo_bounces_without_sending(fakes, smtp_relay):
                    r"\d+ exceeds SES's limit 2000\)")
     assert not fake.messages()
     assert "MAIL" not in fake.connections()[0]["commands"]
-
-
-def test_large_message_streamed(fakes, smtp_relay):
-    fake = fakes("starttls")
-    relay = smtp_relay(fake)
-    line = b"0123456789abcdefghijklmnopqrstuvwxyz.ABCDEFGHIJKLMNOPQRSTUVWXYZ-0123456789\r\n"
-    body = MSG + b".starts with a dot\r\n" + line * (12 * 1024 * 1024 // len(line))
-    pid = relay.proc.pid
-
-    def hwm():
-        with open(f"/proc/{pid}/status") as f:
-            return int(re.search(r"VmHWM:\s+(\d+)", f.read()).group(1)) * 1024
-
-    before = hwm()
-    submit(relay, "alice@example.com", ["bob@example.net"], body)
-    [m] = wait_delivered(relay, fake, 1, timeout=60)
-    received_prefix_only(m["data"], body)
-    assert hashlib.sha256(m["data"][-len(body):]).digest() == hashlib.sha256(body).digest()
-    if not ASAN:
-        grown = hwm() - before
-        assert grown < len(body) // 2, f"RSS peak grew by {grown} for a {len(body)} message"
 
 
 # --- TLS and AUTH -----------------------------------------------------------
@@ -557,53 +426,6 @@ def test_temporary_credentials_refused_clearly(fakes, smtp_relay):
     assert not fake.connections(), "no connection for credentials that cannot log in"
     assert len(queued(relay)) == 1 and "status=bounced" not in relay.read_log()
     assert "FwoGZXIvYXdzEXAMPLETOKEN" not in relay.read_log()
-
-
-# --- outages ----------------------------------------------------------------
-
-def test_connection_refused_backs_off(smtp_relay, pki):
-    port = free_port()
-    relay = smtp_relay(None, port=port, tls="starttls")
-    for i in range(3):
-        submit(relay, "alice@example.com", [f"bob{i}@example.net"])
-    relay.wait_log(r"status=deferred \(cannot connect to localhost\[[0-9a-f.:]+\]:\d+: "
-                   r"Connection refused")
-    relay.wait_log(r"no new connection for 1 s")
-    relay.wait_log(r"status=deferred \(.*\(next connection attempt in \d+ s\)")
-    # the backoff grows while the server stays down
-    relay.wait_log(r"no new connection for [248] s", timeout=15)
-    fake = FakeSESSMTP(mode="starttls", pki=pki, region=REGION, port=port).start()
-    try:
-        wait_delivered(relay, fake, 3, timeout=40)
-        relay.wait_log(r"ses-smtp\[localhost\]: connected again")
-    finally:
-        relay.stop()
-        fake.stop()
-
-
-def test_sigterm_with_delivery_in_flight(fakes, smtp_relay):
-    fake = fakes("starttls")
-    fake.dot_latency = 20
-    fake.allow_duplicates = True
-    relay = smtp_relay(fake)
-    submit(relay, "alice@example.com", ["bob@example.net"])
-    wait_for(lambda: any("DATA" in c["commands"] for c in fake.connections()), 10,
-             "DATA sent", relay, fake)
-    t0 = time.monotonic()
-    relay.signal(signal.SIGTERM)
-    assert relay.proc.wait(15) == 0
-    assert time.monotonic() - t0 < 10
-    assert len(queued(relay)) == 1          # still queued: SES never answered
-
-
-def test_concurrency_limits_connections(fakes, smtp_relay):
-    fake = fakes("starttls")
-    fake.dot_latency = 0.4
-    relay = smtp_relay(fake, concurrency=2)
-    for i in range(6):
-        submit(relay, "alice@example.com", [f"r{i}@example.net"])
-    wait_delivered(relay, fake, 6, timeout=30)
-    assert len(fake.connections()) <= 2, fake.connections()
 
 
 # --- sesrelay smtp-password --------------------------------------------------
