@@ -118,6 +118,7 @@ static int parse_http_address(struct loader *, const struct key *, const char *,
 static int parse_bucket(struct loader *, const struct key *, const char *, void *);
 static int parse_prefix(struct loader *, const struct key *, const char *, void *);
 static int parse_map(struct loader *, const struct key *, const char *, void *);
+static int parse_queue_url(struct loader *, const struct key *, const char *, void *);
 
 static const struct enum_val bool_vals[] = {{"yes", 1},   {"no", 0}, {"true", 1},
                                             {"false", 0}, {"on", 1}, {"off", 0},
@@ -220,6 +221,7 @@ static const struct key keys[] = {
     {SEC_INBOUND, "prefix", parse_prefix, C(inbound_prefix), NULL, 0},
     {SEC_INBOUND, "region", parse_region, C(inbound_region), NULL, 0},
     {SEC_INBOUND, "endpoint", parse_url, C(inbound_endpoint), NULL, 0},
+    {SEC_INBOUND, "queue_url", parse_queue_url, C(inbound_queue_url), NULL, 0},
     {SEC_INBOUND, "poll_interval", parse_duration, C(inbound_poll_interval), &r_duration, 0},
     {SEC_INBOUND, "from_address", parse_mailaddr, C(inbound_from_address), NULL, 0},
     {SEC_INBOUND, "from_format", parse_enum, C(inbound_from_format), from_format_vals, 0},
@@ -397,6 +399,22 @@ static int parse_prefix(struct loader *ld, const struct key *k, const char *valu
 		return bad_value(ld, k, value,
 		                 "expected an S3 key prefix such as \"inbox/\" (no leading '/')");
 	free(*(char **)field);
+	*(char **)field = xstrdup(value);
+	return 1;
+}
+
+/* An SQS queue URL: http(s)://host[:port]/ACCOUNT/NAME, printable, no spaces. */
+static int parse_queue_url(struct loader *ld, const struct key *k, const char *value, void *field)
+{
+	size_t skip = strncmp(value, "https://", 8) == 0  ? 8
+	              : strncmp(value, "http://", 7) == 0 ? 7
+	                                                  : 0;
+	const char *slash = skip ? strchr(value + skip, '/') : NULL;
+
+	if (skip == 0 || slash == NULL || slash == value + skip || slash[1] == '\0' ||
+	    has_space(value) || strlen(value) > 1024)
+		return bad_value(ld, k, value,
+		                 "expected https://sqs.REGION.amazonaws.com/ACCOUNT/QUEUE");
 	*(char **)field = xstrdup(value);
 	return 1;
 }
@@ -1193,6 +1211,7 @@ void conf_free(struct conf *c)
 	free(c->inbound_prefix);
 	free(c->inbound_region);
 	free(c->inbound_endpoint);
+	free(c->inbound_queue_url);
 	free(c->inbound_from_address);
 	free(c->inbound_subject_prefix);
 	for (i = 0; i < c->ninbound_map; i++)

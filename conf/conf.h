@@ -98,6 +98,7 @@ struct conf {
 	char *inbound_prefix;          /* "" */
 	char *inbound_region;          /* default [ses] region */
 	char *inbound_endpoint;        /* NULL: https://BUCKET.s3.REGION.amazonaws.com */
+	char *inbound_queue_url;       /* SQS queue of SES's receipt notifications, or NULL */
 	uint64_t inbound_poll_interval; /* seconds, default 60 */
 	char *inbound_from_address;    /* verified address forwarded mail is sent from */
 	enum conf_from_format inbound_from_format; /* default name */

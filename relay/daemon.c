@@ -206,7 +206,8 @@ static void on_usr1(evutil_socket_t sig, short what, void *arg)
 /* Every [inbound] setting, as one comparable string. */
 static char *inbound_settings(const struct conf *c)
 {
-	char *s = xasprintf("%s|%s|%s|%s|%llu|%s|%d|%s|%d|%s|%s|%d", c->inbound_bucket
+	char *s = xasprintf("%s|%s|%s|%s|%s|%llu|%s|%d|%s|%d|%s|%s|%d", c->inbound_queue_url ?
+	    c->inbound_queue_url : "", c->inbound_bucket
 	    ? c->inbound_bucket : "", c->inbound_prefix ? c->inbound_prefix : "",
 	    c->inbound_region ? c->inbound_region : "", c->inbound_endpoint ? c->inbound_endpoint
 	    : "", (unsigned long long)c->inbound_poll_interval, c->inbound_from_address ?

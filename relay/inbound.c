@@ -34,6 +34,16 @@
  *   key skips it.  A failed delete keeps the marker and is retried at the
  *   next poll; delivery does not wait for it.
  *
+ * WITH AN SQS QUEUE ([inbound] queue_url)
+ *   The receipt rule's S3 action also publishes to SNS, and an SQS queue
+ *   subscribed to the topic holds one notification per stored message, with
+ *   the exact envelope recipients (receipt.recipients: Bcc included).  Then
+ *   the bucket is not listed: notifications are long-polled (20 s) and each
+ *   names its object, which goes through the same steps with those
+ *   recipients.  The notification is deleted once its object is handled (or
+ *   gone: a repeated notification), never before, so a crash only makes SQS
+ *   deliver it again, and the markers above keep that from forwarding twice.
+ *
  * Never: hold an object in memory (the body streams from curl's buffer to
  * the spool file), block the loop, or queue an object with a failing verdict
  * unless failed_verdict = forward.
@@ -59,10 +69,13 @@
 #include "ses/s3.h"
 #include "ses/ses_creds.h"
 #include "ses/sigv4.h"
+#include "ses/sqs.h"
 
 #define RETRY_S       30    /* after a failed list/get, at most this (or poll_interval) */
 #define MARKS_MAX     10000 /* "queued" markers whose delete is pending */
 #define LOG_RCPTS_MAX 5     /* recipients named in one log line */
+#define SQS_WAIT_S    20    /* long polling */
+#define SQS_VISIBLE_S 600   /* a received notification stays hidden this long */
 
 enum job_action {
 	ACT_QUEUE,   /* forward it */
@@ -94,6 +107,20 @@ struct job {
 	uint64_t msg_size;
 	char from[INBOUND_ADDR_MAX + 1];
 	char rcpt_log[512];
+	/* from an SQS notification */
+	char *handle;                /* its receipt handle: delete it when done */
+	char **orcpts;               /* receipt.recipients: exact, Bcc included */
+	size_t norcpts;
+	char spam[SQS_FIELD_MAX], virus[SQS_FIELD_MAX];    /* its verdicts */
+	int gone;                    /* the object was not there (already handled) */
+};
+
+/* A notification waiting for its turn. */
+struct note {
+	char *key, *handle;
+	char **rcpts;
+	size_t nrcpts;
+	char spam[SQS_FIELD_MAX], virus[SQS_FIELD_MAX];
 };
 
 /* A "queued" marker: the object still has to leave the bucket. */
@@ -129,12 +156,18 @@ struct inbound {
 	struct s3_call *mark_call;
 	int mark_copy_done;
 	int failed;                  /* this poll met an error: retry sooner */
+	int polled;                  /* SQS mode: this round's receive is done */
 	int warned;
 
 	struct mark *marks;
 	size_t nmarks;
 	char **skips;                /* keys held in place: not fetched again */
 	size_t nskips;
+
+	struct sqs *sqs;             /* queue_url: notifications instead of listing */
+	struct sqs_call *sqs_call;   /* the receive under way */
+	struct note *notes;          /* this receive's notifications not yet handled */
+	size_t nnotes, inote;
 };
 
 static void poll_next(struct inbound *in);
@@ -353,6 +386,10 @@ static void job_free(struct job *j)
 	for (i = 0; i < j->ndests; i++)
 		free(j->dests[i]);
 	free(j->dests);
+	for (i = 0; i < j->norcpts; i++)
+		free(j->orcpts[i]);
+	free(j->orcpts);
+	free(j->handle);
 	free(j->key);
 	free(j);
 }
@@ -376,9 +413,8 @@ static void rcpt_list(char *out, size_t size, char *const *v, size_t n)
 	size_t i, len = 0;
 
 	out[0] = '\0';
-	for (i = 0; i < n && i < LOG_RCPTS_MAX; i++)
-		len += (size_t)snprintf(out + len, len < size ? size - len : 0, "%s<%s>",
-		                        i ? "," : "", v[i]);
+	for (i = 0; i < n && i < LOG_RCPTS_MAX && len < size; i++)
+		len += (size_t)snprintf(out + len, size - len, "%s<%s>", i ? "," : "", v[i]);
 	if (n > LOG_RCPTS_MAX && len < size)
 		snprintf(out + len, size - len, " (+%zu more)", n - LOG_RCPTS_MAX);
 }
@@ -390,6 +426,8 @@ static int job_headers(struct job *j)
 	const struct inbound_facts *f = inbound_msg_facts(j->msg);
 	struct inbound_resolved res;
 	struct spool_envelope env;
+	char **orig;
+	size_t norig;
 	const char **rcpts;
 	char client[300], *t;
 	size_t i, tlen;
@@ -397,20 +435,22 @@ static int job_headers(struct job *j)
 
 	j->headers_done = 1;
 	snprintf(j->from, sizeof(j->from), "%s", f->from_addr[0] ? f->from_addr : f->return_path);
-	spam = strcasecmp(f->spam_verdict, "FAIL") == 0;
-	virus = strcasecmp(f->virus_verdict, "FAIL") == 0;
+	spam = strcasecmp(f->spam_verdict, "FAIL") == 0 || strcasecmp(j->spam, "FAIL") == 0;
+	virus = strcasecmp(f->virus_verdict, "FAIL") == 0 || strcasecmp(j->virus, "FAIL") == 0;
 	if ((spam || virus) && in->failed_verdict != CONF_VERDICT_FORWARD) {
 		job_set(j, in->failed_verdict == CONF_VERDICT_DELETE ? ACT_DELETE : ACT_HOLD,
 		        "X-SES-%s-Verdict: FAIL", virus ? "Virus" : "Spam");
 		return -1;
 	}
+	orig = j->orcpts ? j->orcpts : f->rcpts;
+	norig = j->orcpts ? j->norcpts : f->nrcpts;
 	memset(&res, 0, sizeof(res));
-	if (inbound_map_resolve(in->map, (const char *const *)f->rcpts, f->nrcpts, &res) == 0) {
+	if (inbound_map_resolve(in->map, (const char *const *)orig, norig, &res) == 0) {
 		char list[300];
 
 		inbound_resolved_free(&res);
-		rcpt_list(list, sizeof(list), f->rcpts, f->nrcpts);
-		job_set(j, ACT_HOLD, "no map entry for %s", f->nrcpts ? list : "(no recipients found)");
+		rcpt_list(list, sizeof(list), orig, norig);
+		job_set(j, ACT_HOLD, "no map entry for %s", norig ? list : "(no recipients found)");
 		return -1;
 	}
 	j->dests = xreallocarray(NULL, res.ndests, sizeof(*j->dests));
@@ -424,10 +464,10 @@ static int job_headers(struct job *j)
 				         "it",
 				         in->bucket, j->key, res.match[i].rcpt);
 	inbound_resolved_free(&res);
-	if (f->rcpt_source == INBOUND_RCPT_HEADERS)
+	if (j->orcpts == NULL && f->rcpt_source == INBOUND_RCPT_HEADERS)
 		log_debug("inbound: s3://%s/%s: recipients from To/Cc (no SES Received line)",
 		          in->bucket, j->key);
-	rcpt_list(j->rcpt_log, sizeof(j->rcpt_log), f->rcpts, f->nrcpts);
+	rcpt_list(j->rcpt_log, sizeof(j->rcpt_log), orig, norig);
 	rcpts = xreallocarray(NULL, j->ndests, sizeof(*rcpts));
 	for (i = 0; i < j->ndests; i++)
 		rcpts[i] = j->dests[i];
@@ -488,6 +528,14 @@ static size_t job_sink(void *arg, const char *data, size_t len)
 	return len;
 }
 
+static void note_deleted(void *arg, const struct sqs_result *r)
+{
+	if (r->cls != SQS_OK)
+		log_warnx("inbound: %s: cannot delete a handled notification (SQS sends it again; "
+		          "it is recognised then): %s",
+		          sqs_name((struct sqs *)arg), r->text);
+}
+
 /* The object is handled (or left for the next poll): on to the next. */
 static void job_finish(struct job *j)
 {
@@ -495,8 +543,12 @@ static void job_finish(struct job *j)
 
 	if (in) {
 		in->job = NULL;
-		if (j->action == ACT_RETRY)
+		if (j->action == ACT_RETRY && !j->gone)
 			in->failed = 1;
+		/* handled, held, deleted, or already gone: the notification is done;
+		 * a retry leaves it to come back after its visibility timeout */
+		if (j->handle && in->sqs && (j->action != ACT_RETRY || j->gone))
+			sqs_delete(in->sqs, j->handle, note_deleted, in->sqs);
 	}
 	job_free(j);
 	if (in)
@@ -543,8 +595,12 @@ static void job_dispose(struct job *j)
 		j->call = s3_delete(in->s3, j->key, job_moved, j);
 		return;
 	case ACT_RETRY:
-		log_warnx("inbound: s3://%s/%s: not forwarded this time: %s", in->bucket, j->key,
-		          j->why);
+		if (j->gone && j->handle)
+			log_info("inbound: s3://%s/%s: already handled (a repeated notification)",
+			         in->bucket, j->key);
+		else
+			log_warnx("inbound: s3://%s/%s: not forwarded this time: %s", in->bucket,
+			          j->key, j->why);
 		break;
 	case ACT_QUEUE:
 		break;
@@ -692,8 +748,10 @@ static void job_got(void *arg, const struct s3_result *r)
 			(void)job_headers(j);
 	}
 	if (r->cls != S3_OK && j->action == ACT_QUEUE) {
-		if (r->cls == S3_NOT_FOUND)
+		if (r->cls == S3_NOT_FOUND) {
 			job_set(j, ACT_RETRY, "gone before it was read");
+			j->gone = 1;
+		}
 		else
 			job_set(j, ACT_RETRY, "%s", r->text);
 	}
@@ -713,7 +771,7 @@ static void job_got(void *arg, const struct s3_result *r)
 	(void)in;
 }
 
-static void job_start(struct inbound *in, const struct s3_object *o)
+static void job_start(struct inbound *in, const struct s3_object *o, struct note *n)
 {
 	struct job *j = xcalloc(1, sizeof(*j));
 
@@ -721,6 +779,16 @@ static void job_start(struct inbound *in, const struct s3_object *o)
 	j->key = xstrdup(o->key);
 	snprintf(j->etag, sizeof(j->etag), "%s", o->etag);
 	j->size = o->size;
+	if (n) { /* the notification's facts move to the job */
+		j->handle = n->handle;
+		j->orcpts = n->rcpts;
+		j->norcpts = n->nrcpts;
+		n->handle = NULL;
+		n->rcpts = NULL;
+		n->nrcpts = 0;
+		snprintf(j->spam, sizeof(j->spam), "%s", n->spam);
+		snprintf(j->virus, sizeof(j->virus), "%s", n->virus);
+	}
 	j->msg = inbound_msg_new(&in->mopts);
 	j->action = ACT_QUEUE;
 	in->job = j;
@@ -797,11 +865,101 @@ static void schedule(struct inbound *in, int seconds)
 	event_add(in->timer, &tv);
 }
 
+static void note_clear(struct note *n)
+{
+	size_t i;
+
+	for (i = 0; i < n->nrcpts; i++)
+		free(n->rcpts[i]);
+	free(n->rcpts);
+	free(n->key);
+	free(n->handle);
+	memset(n, 0, sizeof(*n));
+}
+
+static void notes_free(struct inbound *in)
+{
+	size_t i;
+
+	for (i = 0; i < in->nnotes; i++)
+		note_clear(&in->notes[i]);
+	free(in->notes);
+	in->notes = NULL;
+	in->nnotes = in->inote = 0;
+}
+
+/* What one SQS message says: a note to handle, or nothing (deleted). */
+static void note_take(struct inbound *in, const struct sqs_message *m)
+{
+	struct sqs_receipt rc;
+	struct note *n;
+	char err[256];
+	size_t i;
+
+	if (m->oversize || m->body == NULL ||
+	    sqs_parse_receipt(m->body, m->body_len, &rc, err, sizeof(err)) == -1) {
+		log_warnx("inbound: %s: message %s is not an SES receipt notification (%s): "
+		          "deleted",
+		          sqs_name(in->sqs), m->message_id,
+		          m->oversize ? "over 256 KiB" : m->body == NULL ? "no body" : err);
+		sqs_delete(in->sqs, m->receipt_handle, note_deleted, in->sqs);
+		return;
+	}
+	if (rc.kind != SQS_RECEIPT_RECEIVED || strcmp(rc.bucket, in->bucket) != 0) {
+		if (rc.kind == SQS_RECEIPT_RECEIVED)
+			log_warnx("inbound: %s: a notification for s3://%s/%s, not this bucket: "
+			          "deleted",
+			          sqs_name(in->sqs), rc.bucket, rc.object_key);
+		else
+			log_info("inbound: %s: %s notification (%s): deleted", sqs_name(in->sqs),
+			         sqs_receipt_kind_name(rc.kind), rc.why);
+		sqs_receipt_free(&rc);
+		sqs_delete(in->sqs, m->receipt_handle, note_deleted, in->sqs);
+		return;
+	}
+	in->notes = xreallocarray(in->notes, in->nnotes + 1, sizeof(*in->notes));
+	n = &in->notes[in->nnotes++];
+	memset(n, 0, sizeof(*n));
+	n->key = xstrdup(rc.object_key);
+	n->handle = xstrdup(m->receipt_handle);
+	n->rcpts = xreallocarray(NULL, rc.nrecipients, sizeof(*n->rcpts));
+	for (i = 0; i < rc.nrecipients; i++)
+		n->rcpts[i] = xstrdup(rc.recipients[i]);
+	n->nrcpts = rc.nrecipients;
+	snprintf(n->spam, sizeof(n->spam), "%s", rc.spam_verdict);
+	snprintf(n->virus, sizeof(n->virus), "%s", rc.virus_verdict);
+	sqs_receipt_free(&rc);
+}
+
+static void receive_done(void *arg, const struct sqs_result *r)
+{
+	struct inbound *in = arg;
+	size_t i;
+
+	in->sqs_call = NULL;
+	if (r->cls != SQS_OK) {
+		if (!in->warned)
+			log_warnx("inbound: cannot read %s: %s", sqs_name(in->sqs), r->text);
+		in->warned = 1;
+		in->failed = 1;
+		poll_next(in);
+		return;
+	}
+	if (in->warned)
+		log_info("inbound: %s can be read again", sqs_name(in->sqs));
+	in->warned = 0;
+	notes_free(in);
+	for (i = 0; i < r->nmessages; i++)
+		note_take(in, &r->messages[i]);
+	in->polled = 1;
+	poll_next(in);
+}
+
 static void poll_next(struct inbound *in)
 {
 	const struct s3_object *o;
 
-	if (in->job || in->mark_call || in->list_call)
+	if (in->job || in->mark_call || in->list_call || in->sqs_call)
 		return;
 	if (in->mark_i < in->nmarks) {
 		mark_step(in);
@@ -811,7 +969,34 @@ static void poll_next(struct inbound *in)
 		o = &in->todo[in->itodo++];
 		if (skip_key(in, o))
 			continue;
-		job_start(in, o);
+		job_start(in, o, NULL);
+		return;
+	}
+	while (in->inote < in->nnotes) {
+		struct note *n = &in->notes[in->inote++];
+		struct s3_object obj;
+
+		if (marked(in, n->key)) {
+			/* queued already (a repeated notification): its marker finishes it */
+			sqs_delete(in->sqs, n->handle, note_deleted, in->sqs);
+			continue;
+		}
+		memset(&obj, 0, sizeof(obj));
+		obj.key = n->key;
+		job_start(in, &obj, n);
+		return;
+	}
+	if (in->sqs) {
+		notes_free(in);
+		if (!in->polled && !in->failed) {
+			/* the marks are done: now wait for notifications */
+			in->sqs_call = sqs_receive(in->sqs, SQS_MAX_MESSAGES, SQS_WAIT_S, SQS_VISIBLE_S,
+			                           receive_done, in);
+			return;
+		}
+		in->polling = 0;
+		/* long polling is the wait: go again at once unless something failed */
+		schedule(in, in->failed ? RETRY_S : 0);
 		return;
 	}
 	todo_free(in);
@@ -835,6 +1020,11 @@ static void poll_start(evutil_socket_t fd, short what, void *arg)
 	in->failed = 0;
 	in->mark_i = 0;
 	in->mark_copy_done = 0;
+	in->polled = 0;
+	if (in->sqs) {
+		poll_next(in); /* pending deletes first, then a receive */
+		return;
+	}
 	in->list_call = s3_list(in->s3, in->prefix, NULL, 0, list_done, in);
 }
 
@@ -872,6 +1062,8 @@ void inbound_free(struct inbound *in)
 	}
 	if (in->list_call)
 		s3_cancel(in->list_call);
+	sqs_free(in->sqs); /* cancels its calls */
+	notes_free(in);
 	if (in->mark_call)
 		s3_cancel(in->mark_call);
 	s3_free(in->s3);
@@ -939,6 +1131,18 @@ struct inbound *inbound_new(struct event_base *base, struct ses_http *http, stru
 	cfg.endpoint = conf->inbound_endpoint;
 	if ((in->s3 = s3_new(base, http, in->creds, &cfg, err, errlen)) == NULL)
 		goto fail;
+	if (conf->inbound_queue_url) {
+		struct sqs_config qc;
+
+		memset(&qc, 0, sizeof(qc));
+		qc.queue_url = conf->inbound_queue_url;
+		/* an AWS queue URL names its region; a test server's does not */
+		if (strstr(conf->inbound_queue_url, ".amazonaws.com") == NULL)
+			qc.region = conf->inbound_region;
+		qc.timeout_ms = 30000;
+		if ((in->sqs = sqs_new(base, http, in->creds, &qc, err, errlen)) == NULL)
+			goto fail;
+	}
 	if (spool_mark_foreach(sp, recover_one, in) == -1) {
 		snprintf(err, errlen, "%s/inbound: %s", spool_path(sp), strerror(errno));
 		goto fail;
@@ -946,9 +1150,14 @@ struct inbound *inbound_new(struct event_base *base, struct ses_http *http, stru
 	if ((in->timer = evtimer_new(base, poll_start, in)) == NULL)
 		fatalx("evtimer_new failed");
 	ses_creds_start(in->creds, creds_ready, in);
-	log_info("inbound: forwarding mail from s3://%s/%s every %ds, sent from <%s>%s", in->bucket,
-	         in->prefix, in->poll_interval, in->from_address,
-	         in->nmarks ? " (finishing hand-offs of the last run first)" : "");
+	if (in->sqs)
+		log_info("inbound: forwarding mail from s3://%s as %s announces it, sent from <%s>%s",
+		         in->bucket, sqs_name(in->sqs), in->from_address,
+		         in->nmarks ? " (finishing hand-offs of the last run first)" : "");
+	else
+		log_info("inbound: forwarding mail from s3://%s/%s every %ds, sent from <%s>%s",
+		         in->bucket, in->prefix, in->poll_interval, in->from_address,
+		         in->nmarks ? " (finishing hand-offs of the last run first)" : "");
 	schedule(in, 0);
 	return in;
 fail:

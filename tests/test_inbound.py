@@ -347,3 +347,97 @@ def test_config_errors(relay_factory, tmp_path):
                              timeout=20, env=dict(os.environ, **ENV))
         assert res.returncode == 78, (text, res.stdout, res.stderr)
         assert want in res.stdout + res.stderr, (text, res.stdout, res.stderr)
+
+
+# --- with an SQS queue: the exact recipients from SES's notification ---------
+
+import json  # noqa: E402
+
+from fake_sqs import FakeSQS  # noqa: E402
+
+
+def ses_notification(key, recipients, spam="PASS", virus="PASS", sns=True):
+    """What SES publishes for a message its S3 action stored, as SNS
+    delivers it to an SQS queue (raw message delivery off) or raw."""
+    inner = {
+        "notificationType": "Received",
+        "mail": {"timestamp": "2026-11-28T10:00:00.000Z", "source": "bob@sender.test",
+                 "messageId": key.rsplit("/", 1)[-1], "destination": recipients,
+                 "headersTruncated": False},
+        "receipt": {"timestamp": "2026-11-28T10:00:00.000Z", "processingTimeMillis": 300,
+                    "recipients": recipients, "spamVerdict": {"status": spam},
+                    "virusVerdict": {"status": virus}, "spfVerdict": {"status": "PASS"},
+                    "dkimVerdict": {"status": "PASS"}, "dmarcVerdict": {"status": "PASS"},
+                    "action": {"type": "S3", "topicArn": "arn:aws:sns:us-east-1:1:ses-in",
+                               "bucketName": BUCKET, "objectKeyPrefix": "mail/",
+                               "objectKey": key}},
+    }
+    if not sns:
+        return json.dumps(inner)
+    return json.dumps({"Type": "Notification", "MessageId": "5d5e-1",
+                       "TopicArn": "arn:aws:sns:us-east-1:1:ses-in",
+                       "Subject": "Amazon SES Email Receipt Notification",
+                       "Message": json.dumps(inner), "Timestamp": "2026-11-28T10:00:00.100Z",
+                       "SignatureVersion": "1", "Signature": "c2ln"})
+
+
+@pytest.fixture
+def sqs():
+    q = FakeSQS(access_key=s3rver.ACCESS_KEY, secret_key=s3rver.SECRET_KEY).start()
+    q.url = q.create_queue("ses-inbound", visibility_timeout=30)
+    yield q
+    try:
+        assert not q.sig_failures, q.sig_failures
+    finally:
+        q.stop()
+
+
+def test_sqs_gives_the_exact_recipients_bcc_included(relay_factory, fake, bucket, sqs):
+    """To: names a list; SES received the message for two of our addresses
+    (Bcc): only the notification knows them.  The bucket is never listed."""
+    raw = ses_stored(rcpt="me@example.com", to="list@elsewhere.test")
+    bucket.put(BUCKET, "mail/bcc1", raw)
+    sqs.send(ses_notification("mail/bcc1", ["me@example.com", "boss@example.com"]),
+             queue="ses-inbound")
+    r = inbound_relay(relay_factory, fake, bucket.endpoint,
+                      maps=("me@example.com me@gmail.test", "boss@example.com boss@gmail.test"),
+                      extra=f"queue_url = {sqs.url}\n")
+    m = wait_sent(fake, 1)[0]
+    assert sorted(m.rcpts) == ["boss@gmail.test", "me@gmail.test"]
+    wait_gone(bucket, "mail/bcc1")
+    sqs.wait_until(lambda s: s.messages("ses-inbound") == [], timeout=10)
+    assert len(sqs.deleted("ses-inbound")) == 1
+    # the relay never lists (botocore, in wait_gone, asks with encoding-type=url)
+    assert not [x for x in bucket.requests
+               if x[0] == "GET" and "list-type" in x[1] and "encoding-type" not in x[1]]
+    r.wait_log(r"inbound: s3://inbound-mail/mail/bcc1 from=<bob@sender\.test> "
+               r"to=<me@example\.com>,<boss@example\.com> -> ")
+
+
+def test_sqs_repeated_and_setup_notifications(relay_factory, fake, bucket, sqs):
+    bucket.put(BUCKET, "mail/dup1", ses_stored())
+    note = ses_notification("mail/dup1", ["me@example.com"], sns=False)
+    sqs.send(json.dumps({"notificationType": "Received", "receipt": {},
+                         "mail": {"messageId": "AMAZON_SES_SETUP_NOTIFICATION"}}),
+             queue="ses-inbound")
+    sqs.send(note, queue="ses-inbound")
+    sqs.send(note, queue="ses-inbound")       # SNS delivers at least once
+    r = inbound_relay(relay_factory, fake, bucket.endpoint, extra=f"queue_url = {sqs.url}\n")
+    wait_sent(fake, 1)
+    sqs.wait_until(lambda s: s.messages("ses-inbound") == [], timeout=15)
+    assert len(sqs.deleted("ses-inbound")) == 3
+    time.sleep(1.5)
+    assert len(fake.accepted()) == 1
+    r.wait_log(r"inbound: .*: setup notification")
+
+
+def test_sqs_spam_verdict_from_the_notification_holds(relay_factory, fake, bucket, sqs):
+    bucket.put(BUCKET, "mail/sp1", ses_stored())           # headers say PASS
+    sqs.send(ses_notification("mail/sp1", ["me@example.com"], spam="FAIL"), queue="ses-inbound")
+    r = inbound_relay(relay_factory, fake, bucket.endpoint, extra=f"queue_url = {sqs.url}\n")
+    r.wait_log(r"inbound: s3://inbound-mail/mail/sp1: held \(moved to held/\): "
+               r"X-SES-Spam-Verdict: FAIL")
+    sqs.wait_until(lambda s: s.messages("ses-inbound") == [], timeout=10)
+    time.sleep(1)
+    assert fake.accepted() == []
+    assert bucket.keys(BUCKET) == ["held/mail/sp1"]
