@@ -64,6 +64,7 @@
 #include "relay/inbound_map.h"
 #include "relay/inbound_msg.h"
 #include "relay/log.h"
+#include "relay/metrics.h"
 #include "relay/spool.h"
 #include "relay/util.h"
 #include "ses/s3.h"
@@ -575,6 +576,7 @@ static void job_dispose(struct job *j)
 	switch (j->action) {
 	case ACT_HOLD:
 		dst = xasprintf("%s%s", in->held_prefix, j->key);
+		metrics.inbound_held++;
 		if (s3_key_valid(dst) == 0) {
 			log_warnx("inbound: s3://%s/%s: held (moved to %s): %s; from=<%s>", in->bucket,
 			          j->key, in->held_prefix, j->why, j->from);
@@ -589,6 +591,7 @@ static void job_dispose(struct job *j)
 		skip_add(in, j->key);
 		break;
 	case ACT_DELETE:
+		metrics.inbound_dropped++;
 		log_warnx("inbound: s3://%s/%s: deleted unforwarded: %s; from=<%s>", in->bucket,
 		          j->key, j->why, j->from);
 		j->copied = 1;
@@ -702,6 +705,7 @@ static void job_queued(void *arg, int error)
 	log_info("%s: inbound: s3://%s/%s from=<%s> to=%s -> %s, size=%llu", j->id, in->bucket,
 	         j->key, j->from, j->rcpt_log, dests, (unsigned long long)j->msg_size);
 	spool_announce(in->sp, j->id, j->arrival, j->msg_size, in->from_address, j->ndests);
+	metrics.inbound_forwarded++;
 	marks_add(in, j->id, j->key, j->etag);
 	j->mark_state = 0;
 	job_finish(j); /* poll_next() finishes the new marker first: the delete */

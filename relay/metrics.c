@@ -67,6 +67,17 @@ void metrics_format(struct evbuffer *out, size_t queue_messages, uint64_t queue_
 	    metrics.connections_total);
 	counter(out, "sesrelay_smtp_connections_refused_total",
 	    "SMTP connections refused by a cap or a lock-out.", metrics.connections_refused);
+	counter(out, "sesrelay_identity_refusals_total",
+	    "MAIL, RCPT or From: refused because SES has not verified the identity.",
+	    metrics.identity_refusals);
+	counter(out, "sesrelay_inbound_forwarded_total",
+	    "Messages from the [inbound] bucket queued for forwarding.", metrics.inbound_forwarded);
+	counter(out, "sesrelay_inbound_held_total",
+	    "Messages from the [inbound] bucket held (failing verdict, no map entry, too large).",
+	    metrics.inbound_held);
+	counter(out, "sesrelay_inbound_dropped_total",
+	    "Messages from the [inbound] bucket deleted unforwarded (failed_verdict = delete).",
+	    metrics.inbound_dropped);
 	gauge(out, "sesrelay_queue_messages", "Messages in the queue.", (double)queue_messages);
 	gauge(out, "sesrelay_queue_bytes", "Bytes of queue files.", (double)queue_bytes);
 	gauge(out, "sesrelay_smtp_connections", "SMTP sessions open now.", (double)smtp_connections);

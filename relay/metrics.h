@@ -24,6 +24,10 @@ struct metrics {
 	uint64_t auth_failures;
 	uint64_t connections_total;
 	uint64_t connections_refused;
+	uint64_t identity_refusals;        /* MAIL/RCPT/From: refused as unverified in SES */
+	uint64_t inbound_forwarded;        /* S3 objects queued for forwarding */
+	uint64_t inbound_held;             /* S3 objects held (verdict, no map entry, size) */
+	uint64_t inbound_dropped;          /* S3 objects deleted unforwarded (failed_verdict) */
 	/* seconds from arrival to SES accepting a recipient */
 	uint64_t delay_bucket[METRICS_BUCKETS];
 	uint64_t delay_count;

@@ -352,6 +352,7 @@ static void cmd_mail(struct smtp_session *s, char *args)
 		return;
 	}
 	if (ses_identity_refuse_sender(smtp_server_identity(s->srv), m.addr, why, sizeof(why))) {
+		metrics.identity_refusals++;
 		reply(s, "550 5.7.1 <%s>: Sender address rejected: %s", m.addr, why);
 		log_info("NOQUEUE: reject: MAIL from %s: 550 5.7.1 <%s>: Sender address rejected: "
 			 "%s; proto=%s helo=<%s>",
@@ -401,6 +402,7 @@ static void cmd_rcpt(struct smtp_session *s, char *args)
 		return;
 	}
 	if (ses_identity_refuse_rcpt(smtp_server_identity(s->srv), addr, why, sizeof(why))) {
+		metrics.identity_refusals++;
 		reply(s, "550 5.7.1 <%s>: Recipient address rejected: %s", addr, why);
 		log_reject(s, "RCPT", addr, "550 5.7.1 Recipient address rejected: not a verified "
 		    "identity (SES sandbox)");
@@ -927,6 +929,7 @@ static const char *check_mailbox(struct smtp_session *s, const char *angle, cons
 	}
 	if (ses_identity_refuse_sender(smtp_server_identity(s->srv), addr, idwhy,
 		sizeof(idwhy))) {
+		metrics.identity_refusals++;
 		snprintf(why, sizeof(why), "550 5.7.1 Message refused: From: %s", idwhy);
 		return why;
 	}

@@ -181,10 +181,14 @@ def test_more_than_50_destinations(relay_factory, fake, bucket):
 
 
 def test_failing_verdicts_held_not_forwarded(relay_factory, fake, bucket):
+    from relayharness import free_port
+    from test_metrics import scrape
     bucket.put(BUCKET, "spam", ses_stored(spam="FAIL"))
     bucket.put(BUCKET, "virus", ses_stored(virus="FAIL"))
     bucket.put(BUCKET, "good", ses_stored())
-    r = inbound_relay(relay_factory, fake, bucket.endpoint)
+    hport = free_port()
+    r = inbound_relay(relay_factory, fake, bucket.endpoint,
+                      extra=f"[http]\naddress = 127.0.0.1:{hport}\n")
     wait_sent(fake, 1)
     r.wait_log(r"inbound: s3://inbound-mail/spam: held \(moved to held/\): "
                r"X-SES-Spam-Verdict: FAIL; from=<bob@sender\.test>")
@@ -196,6 +200,10 @@ def test_failing_verdicts_held_not_forwarded(relay_factory, fake, bucket):
     assert sorted(bucket.keys(BUCKET)) == ["held/spam", "held/virus"]
     time.sleep(2.5)
     assert len(fake.accepted()) == 1                 # held ones never, even later
+    m = scrape(hport)
+    assert m["sesrelay_inbound_forwarded_total"] == 1
+    assert m["sesrelay_inbound_held_total"] == 2
+    assert m["sesrelay_inbound_dropped_total"] == 0
 
 
 def test_unmapped_recipient_held(relay_factory, fake, bucket):

@@ -86,7 +86,10 @@ def test_sandbox_refuses_unverified_recipient_at_rcpt(relay_factory, fake):
 
 
 def test_unverified_sender_refused_at_mail(relay_factory, fake):
-    r = start_relay(relay_factory, fake)
+    from relayharness import free_port
+    from test_metrics import scrape
+    hport = free_port()
+    r = start_relay(relay_factory, fake, extra_ses=f"[http]\naddress = 127.0.0.1:{hport}\n")
     wait_identities(r, sandbox=True)
     with r.connect() as c:
         c.cmd("EHLO client.test")
@@ -96,6 +99,7 @@ def test_unverified_sender_refused_at_mail(relay_factory, fake):
         # the null sender is always accepted (bounces)
         assert c.cmd("MAIL FROM:<>")[0] == 250
     assert "NOQUEUE: reject: MAIL from" in r.read_log()
+    assert scrape(hport)["sesrelay_identity_refusals_total"] == 1
 
 
 def test_unverified_from_header_refused_at_end_of_data(relay_factory, fake):
