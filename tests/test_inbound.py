@@ -244,8 +244,10 @@ def test_large_message_streamed(relay_factory, fake, bucket):
     wait_gone(bucket, "big", timeout=30)
     with open(f"/proc/{r.proc.pid}/status") as f:
         hwm = int(re.search(r"VmHWM:\s+(\d+) kB", f.read()).group(1))
+    print(f"peak RSS {hwm} kB for a {len(raw)} byte object")
     if not ASAN:
-        assert hwm < 40 * 1024, f"peak RSS {hwm} kB for a {len(raw)} byte object"
+        # less than the object itself: it was never held whole (measured: ~12 MB)
+        assert hwm < 24 * 1024, f"peak RSS {hwm} kB for a {len(raw)} byte object"
 
 
 def test_crash_after_queueing_before_delete_forwards_once(relay_factory, fake, bucket, proxy):
