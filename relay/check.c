@@ -25,13 +25,21 @@
  * at a time, since SES allows about one non-send call per second (a throttled
  * call is retried); DNS lookups run in parallel.
  *
- * With [inbound], two blocks follow the senders.  The bucket: calls that
- * change nothing and succeed only with the permission the forwarder needs -
- * list one key under the prefix, then get, delete and (for delete_after =
- * move, failed_verdict = hold) copy a key that cannot exist, which S3 answers
- * with NoSuchKey or 204 when the action is allowed and AccessDenied when it is
- * not; a refusal's fix names the IAM action and resource.  These run with the
- * same credentials as SES, alongside the SES calls (S3 is another service).
+ * With [inbound], two blocks (three with queue_url) follow the senders.  The
+ * bucket: calls that change nothing and succeed only with the permission the
+ * forwarder needs - list one key under the prefix, then get, delete and (for
+ * delete_after = move, failed_verdict = hold) copy a key that cannot exist,
+ * which S3 answers with NoSuchKey or 204 when the action is allowed and
+ * AccessDenied when it is not; a refusal's fix names the IAM action and
+ * resource.  These run with the same credentials as SES, alongside the SES
+ * calls (S3 is another service).
+ * With queue_url, the queue gets a block of its own: one ReceiveMessage that
+ * does not wait and hides nothing (visibility 0: what it sees is visible
+ * again at once), whose message, if one waits, is read to tell an SES receipt
+ * notification for our bucket from anything else, then a DeleteMessage of a
+ * handle SQS never issued, which it answers ReceiptHandleIsInvalid when the
+ * action is allowed.  The forwarder then no longer lists the bucket, so a
+ * refused s3:ListBucket is only a warning.
  * Then the receiving domains: every domain the map names ("@d", "u@d") must
  * have its MX at inbound-smtp.REGION.amazonaws.com, a FAIL otherwise; such a
  * domain's sender block leaves its MX to this block.
@@ -84,6 +92,7 @@
 #include "ses/ses_creds.h"
 #include "ses/ses_http.h"
 #include "ses/sigv4.h"
+#include "ses/sqs.h"
 #include "smtp/tls.h"
 
 #define EX_CONFIG_ 78
@@ -102,16 +111,17 @@
 #define QUOTA_WARN            0.8 /* of the 24-hour quota */
 #define TEXT_MAX              320 /* one error or status text */
 
-#define AMAZONSES   "amazonses.com"
-#define SPF_DEFAULT "v=spf1 include:" AMAZONSES " ~all"
-#define SPF_LOOKUPS 10 /* RFC 7208 4.6.4: include/redirect lookups */
-#define SPF_DEPTH   5
-#define SPF_TERMS   64
-#define RESOLV_CONF "/etc/resolv.conf"
-#define DNS_ENV     "SESRELAY_DNS_SERVER"
-#define TIMEOUT_ENV "SESRELAY_CHECK_TIMEOUT"
-#define PROBE_NAME  ".sesrelay-check-" /* + random hex: a key that cannot exist */
-#define INBOUND_MX  "inbound-smtp.%s.amazonaws.com"
+#define AMAZONSES    "amazonses.com"
+#define SPF_DEFAULT  "v=spf1 include:" AMAZONSES " ~all"
+#define SPF_LOOKUPS  10 /* RFC 7208 4.6.4: include/redirect lookups */
+#define SPF_DEPTH    5
+#define SPF_TERMS    64
+#define RESOLV_CONF  "/etc/resolv.conf"
+#define DNS_ENV      "SESRELAY_DNS_SERVER"
+#define TIMEOUT_ENV  "SESRELAY_CHECK_TIMEOUT"
+#define PROBE_NAME   ".sesrelay-check-"    /* + random hex: a key that cannot exist */
+#define PROBE_HANDLE "AQEBsesrelay-check-" /* + random hex: a handle SQS never issued */
+#define INBOUND_MX   "inbound-smtp.%s.amazonaws.com"
 
 /* ========================================================================= */
 /* Output: blocks of lines, printed in order                                 */
@@ -825,6 +835,13 @@ enum s3_step {
 	S3_STEP_END
 };
 
+/* The [inbound] queue checks, in order. */
+enum sqs_step {
+	SQS_STEP_RECEIVE, /* ReceiveMessage, no wait, visibility 0 */
+	SQS_STEP_DELETE,  /* DeleteMessage of a handle never issued */
+	SQS_STEP_END
+};
+
 /* A domain the [inbound] map receives mail for: its MX must lead to SES. */
 struct rdomain {
 	struct rdomain *next;
@@ -864,13 +881,17 @@ struct check {
 	struct target *targets;
 	size_t ndomains, naddresses;
 
-	/* [inbound] (inbound_bucket set) */
+	/* [inbound] (inbound_bucket set; u_sqs.. with queue_url) */
 	struct unit *u_s3, *u_mx;
 	struct s3 *s3;
 	struct s3_call *s3_call;
 	enum s3_step s3_step;
 	int s3_list_denied; /* S3 then says AccessDenied for a missing key too */
 	char *s3_key;       /* the key that cannot exist */
+	struct unit *u_sqs; /* queue_url set */
+	struct sqs *sqs;
+	struct sqs_call *sqs_call;
+	enum sqs_step sqs_step;
 	struct rdomain *rdomains;
 	size_t rpending; /* MX lookups still open */
 };
@@ -2112,6 +2133,15 @@ static void s3_step_line(struct check *ck, enum s3_step step, const struct s3_re
 		    where, d->action);
 		free(list);
 		free(res);
+	} else if (step == S3_STEP_LIST && s3_denied(r) && ck->conf->inbound_queue_url) {
+		/* the forwarder follows the queue's notifications instead */
+		s3_text(r, text, sizeof(text));
+		res = s3_resource(ck->conf, step);
+		say(u, SEV_WARN,
+		    xasprintf("none while queue_url is set; to poll without it, allow %s on %s",
+		              d->action, res),
+		    "inbound: %s: listing is only used without queue_url: %s", where, text);
+		free(res);
 	} else {
 		s3_text(r, text, sizeof(text));
 		say(u, SEV_FAIL, s3_step_fix(ck->conf, step, r), "inbound: %s: %s", where, text);
@@ -2175,31 +2205,289 @@ static void s3_next(struct check *ck)
 	}
 }
 
-/* The credentials are known: ask about the bucket. */
-static void inbound_start_s3(struct check *ck)
+/* hex: 16 random hex digits, for a name nobody made. */
+static void probe_hex(char hex[17])
 {
 	unsigned char rnd[8];
-	char hex[sizeof(rnd) * 2 + 1];
 	size_t i;
 
-	if (ck->s3 == NULL || ck->u_s3->done)
-		return;
 	if (RAND_bytes(rnd, sizeof(rnd)) != 1)
 		for (i = 0; i < sizeof(rnd); i++)
 			rnd[i] = (unsigned char)random();
 	for (i = 0; i < sizeof(rnd); i++)
 		snprintf(hex + 2 * i, 3, "%02x", rnd[i]);
+}
+
+/* The credentials are known: ask about the bucket. */
+static void inbound_start_s3(struct check *ck)
+{
+	char hex[17];
+
+	if (ck->s3 == NULL || ck->u_s3->done)
+		return;
+	probe_hex(hex);
 	ck->s3_key = xasprintf("%s%s%s", ck->conf->inbound_prefix, PROBE_NAME, hex);
 	ck->s3_step = S3_STEP_LIST;
 	s3_next(ck);
 }
 
-/* No S3 answer will come (why): the open question gets a FAIL line. */
+/* ------------------------------------------------------------------------- */
+/* [inbound] queue_url: the SQS queue of SES's receipt notifications         */
+/* ------------------------------------------------------------------------- */
+
+static const char *const SQS_ACTIONS[SQS_STEP_END] = {
+    [SQS_STEP_RECEIVE] = "sqs:ReceiveMessage",
+    [SQS_STEP_DELETE] = "sqs:DeleteMessage",
+};
+
+#define SQS_FIX_SUBSCRIBE                                                                          \
+	"subscribe the queue to the SNS topic of the receipt rule's S3 action, and to "            \
+	"nothing else (the forwarder deletes any other message)"
+
+/* "SQS QUEUE_URL", for a verdict line.  xmalloc'd. */
+static char *sqs_where(const struct check *ck)
+{
+	char *w = xasprintf("SQS %s", ck->conf->inbound_queue_url);
+
+	printable(w);
+	return w;
+}
+
+/* The queue's ARN: the account and name from the URL's path (/ACCOUNT/NAME),
+ * the region the client signs for; a part the path lacks stays a
+ * placeholder.  xmalloc'd. */
+static char *sqs_arn(const struct check *ck)
+{
+	const char *url = ck->conf->inbound_queue_url, *region, *partition, *p, *slash;
+	char path[256], *arn;
+	size_t len;
+
+	region = ck->sqs ? sqs_region(ck->sqs) : "REGION";
+	partition = strstr(url, ".amazonaws.com.cn")     ? "aws-cn"
+	            : strncmp(region, "us-gov-", 7) == 0 ? "aws-us-gov"
+	                                                 : "aws";
+	path[0] = '\0';
+	if ((p = strstr(url, "://")) != NULL && (p = strchr(p + 3, '/')) != NULL)
+		snprintf(path, sizeof(path), "%s", p + 1);
+	len = strcspn(path, "?#");
+	while (len && path[len - 1] == '/')
+		len--;
+	path[len] = '\0';
+	slash = strchr(path, '/');
+	if (slash == NULL || slash == path || slash[1] == '\0' || strchr(slash + 1, '/'))
+		arn = xasprintf("arn:%s:sqs:%s:ACCOUNT:NAME", partition, region);
+	else
+		arn = xasprintf("arn:%s:sqs:%s:%.*s:%s", partition, region, (int)(slash - path),
+		                path, slash + 1);
+	printable(arn);
+	return arn;
+}
+
+/* SQS refused for want of a permission. */
+static int sqs_denied(const struct sqs_result *r)
+{
+	return strcmp(r->code, "AccessDenied") == 0 ||
+	       strcmp(r->code, "AccessDeniedException") == 0 ||
+	       (r->code[0] == '\0' && r->status == 403);
+}
+
+/* What to do about a step that failed, as s3_step_fix.  xmalloc'd, or NULL. */
+static char *sqs_step_fix(const struct check *ck, enum sqs_step step, const struct sqs_result *r)
+{
+	const char *hint = sqs_hint(r->code);
+	char *arn, *fix;
+
+	if (sqs_denied(r)) {
+		arn = sqs_arn(ck);
+		fix = xasprintf("allow %s on %s", SQS_ACTIONS[step], arn);
+		free(arn);
+		return fix;
+	}
+	if (hint)
+		return xstrdup(hint);
+	if (r->status == 0)
+		return xstrdup("make sure this host reaches SQS over HTTP(S) (firewall, proxy, "
+		               "[inbound] queue_url)");
+	if (r->status >= 500 || r->status == 429)
+		return xstrdup("SQS had trouble: run the check again later");
+	return NULL;
+}
+
+/* r->text without SQS's hint: the fix says it, or says better for a refusal. */
+static void sqs_text(const struct sqs_result *r, char *out, size_t size)
+{
+	const char *hint = sqs_hint(r->code);
+	char *cut, *p;
+
+	snprintf(out, size, "%s", r->text);
+	if (hint == NULL)
+		return;
+	cut = xasprintf(" - %s", hint);
+	if ((p = strstr(out, cut)) != NULL)
+		memmove(p, p + strlen(cut), strlen(p + strlen(cut)) + 1);
+	free(cut);
+}
+
+/*
+ * What the message the probe saw is: the forwarder handles an SES receipt
+ * notification for our bucket and deletes anything else, so anything else
+ * means the queue is fed by the wrong source.  Never the body itself: it
+ * names senders and recipients.
+ */
+static void sqs_message_line(struct check *ck, const char *where, const struct sqs_message *m)
+{
+	const char *bucket = ck->conf->inbound_bucket;
+	struct unit *u = ck->u_sqs;
+	struct sqs_receipt rc;
+	char id[SQS_MESSAGE_ID_MAX], err[256], *cut;
+
+	snprintf(id, sizeof(id), "%s", m->message_id);
+	printable(id);
+	if (m->oversize || m->body == NULL) {
+		say(u, SEV_WARN, xstrdup(SQS_FIX_SUBSCRIBE),
+		    "inbound: %s: the waiting message %s is not an SES receipt notification (%s)",
+		    where, id, m->oversize ? "over 256 KiB" : "no body");
+		return;
+	}
+	memset(&rc, 0, sizeof(rc));
+	if (sqs_parse_receipt(m->body, m->body_len, &rc, err, sizeof(err)) == -1) {
+		printable(err);
+		if ((cut = strstr(err, ": subscribe ")) != NULL)
+			*cut = '\0'; /* the parser's advice: the fix says it */
+		say(u, SEV_WARN,
+		    xstrdup(strstr(err, "S3 event notification")
+		                ? "subscribe the queue to the SNS topic of the receipt rule's S3 "
+		                  "action, not to the bucket's event notifications"
+		                : SQS_FIX_SUBSCRIBE),
+		    "inbound: %s: the waiting message %s is not a readable SES receipt "
+		    "notification (%s)",
+		    where, id, err);
+	} else if (rc.kind == SQS_RECEIPT_RECEIVED && strcmp(rc.bucket, bucket) == 0) {
+		printable(rc.object_key);
+		say(u, SEV_OK, NULL,
+		    "inbound: %s: the waiting message %s is an SES receipt notification for "
+		    "s3://%s/%s",
+		    where, id, bucket, rc.object_key);
+	} else if (rc.kind == SQS_RECEIPT_RECEIVED) {
+		printable(rc.bucket);
+		say(u, SEV_WARN,
+		    xasprintf("give this relay a queue of its own, subscribed to the topic of the "
+		              "receipt rule that stores in s3://%s/ (the forwarder deletes "
+		              "notifications for other buckets)",
+		              bucket),
+		    "inbound: %s: the waiting message %s is an SES receipt notification for "
+		    "s3://%s/, not this bucket",
+		    where, id, rc.bucket);
+	} else if (rc.kind == SQS_RECEIPT_SETUP) {
+		say(u, SEV_OK, NULL,
+		    "inbound: %s: the waiting message %s is SES's setup notification (the "
+		    "forwarder deletes it)",
+		    where, id);
+	} else {
+		printable(rc.why);
+		say(u, SEV_WARN, xstrdup(SQS_FIX_SUBSCRIBE),
+		    "inbound: %s: the waiting message %s is not an SES receipt notification (%s)",
+		    where, id, rc.why);
+	}
+	sqs_receipt_free(&rc);
+}
+
+static void sqs_step_line(struct check *ck, enum sqs_step step, const struct sqs_result *r)
+{
+	struct unit *u = ck->u_sqs;
+	char *where = sqs_where(ck), text[SQS_TEXT_MAX];
+
+	if (step == SQS_STEP_RECEIVE && r->cls == SQS_OK) {
+		say(u, SEV_OK, NULL, "inbound: %s can be read (%s), %s now", where,
+		    SQS_ACTIONS[step], r->nmessages ? "a message is waiting" : "empty");
+		if (r->nmessages)
+			sqs_message_line(ck, where, &r->messages[0]);
+	} else if (step == SQS_STEP_DELETE &&
+	           (r->cls == SQS_OK || strcmp(r->code, "ReceiptHandleIsInvalid") == 0)) {
+		/* SQS looked at the handle, so the action was allowed */
+		say(u, SEV_OK, NULL, "inbound: %s messages can be deleted (%s)", where,
+		    SQS_ACTIONS[step]);
+	} else {
+		sqs_text(r, text, sizeof(text));
+		say(u, SEV_FAIL, sqs_step_fix(ck, step, r), "inbound: %s: %s", where, text);
+	}
+	free(where);
+}
+
+static void sqs_next(struct check *ck);
+
+static void sqs_step_done(void *arg, const struct sqs_result *r)
+{
+	struct check *ck = arg;
+	enum sqs_step step = ck->sqs_step;
+
+	ck->sqs_call = NULL;
+	sqs_step_line(ck, step, r);
+	if (step == SQS_STEP_RECEIVE && r->cls != SQS_OK && !sqs_denied(r))
+		ck->sqs_step = SQS_STEP_END; /* no queue, wrong credentials, no answer */
+	else
+		ck->sqs_step = step + 1;
+	sqs_next(ck);
+}
+
+/* Start the next step, one at a time; or finish. */
+static void sqs_next(struct check *ck)
+{
+	char hex[17], *handle;
+
+	switch (ck->sqs_step) {
+	case SQS_STEP_RECEIVE:
+		/* no wait, and visibility 0: what the probe sees is visible again at once */
+		ck->sqs_call = sqs_receive(ck->sqs, 1, 0, 0, sqs_step_done, ck);
+		break;
+	case SQS_STEP_DELETE:
+		probe_hex(hex);
+		handle = xasprintf("%s%s", PROBE_HANDLE, hex);
+		ck->sqs_call = sqs_delete(ck->sqs, handle, sqs_step_done, ck);
+		free(handle);
+		break;
+	case SQS_STEP_END:
+		unit_done(ck->u_sqs);
+		break;
+	}
+}
+
+/* The credentials are known: ask about the queue. */
+static void inbound_start_sqs(struct check *ck)
+{
+	if (ck->sqs == NULL || ck->u_sqs->done)
+		return;
+	ck->sqs_step = SQS_STEP_RECEIVE;
+	sqs_next(ck);
+}
+
+/* No SQS answer will come (why): the open question gets a FAIL line. */
+static void inbound_abort_sqs(struct check *ck, const char *why)
+{
+	enum sqs_step step = ck->sqs_step < SQS_STEP_END ? ck->sqs_step : SQS_STEP_RECEIVE;
+	char *where;
+
+	if (ck->u_sqs == NULL || ck->u_sqs->done)
+		return;
+	sqs_cancel(ck->sqs_call);
+	ck->sqs_call = NULL;
+	where = sqs_where(ck);
+	if (step == SQS_STEP_RECEIVE)
+		say(ck->u_sqs, SEV_FAIL, NULL, "inbound: %s: %s", where, why);
+	else
+		say(ck->u_sqs, SEV_FAIL, NULL, "inbound: %s: %s %s", where, SQS_ACTIONS[step], why);
+	free(where);
+	ck->sqs_step = SQS_STEP_END;
+	unit_done(ck->u_sqs);
+}
+
+/* No S3 or SQS answer will come (why): the open questions get a FAIL line. */
 static void inbound_abort(struct check *ck, const char *why)
 {
 	enum s3_step step = ck->s3_step < S3_STEP_END ? ck->s3_step : S3_STEP_LIST;
 	char *where;
 
+	inbound_abort_sqs(ck, why);
 	if (ck->u_s3 == NULL || ck->u_s3->done)
 		return;
 	s3_cancel(ck->s3_call);
@@ -2331,6 +2619,7 @@ static void inbound_start(struct check *ck)
 {
 	const struct conf *c = ck->conf;
 	struct s3_config cfg;
+	struct sqs_config qc;
 	struct rdomain *rd;
 	char err[256];
 
@@ -2345,6 +2634,23 @@ static void inbound_start(struct check *ck)
 		say(ck->u_s3, SEV_FAIL, xstrdup("correct [inbound] bucket, region and endpoint"),
 		    "inbound: %s", err);
 		unit_done(ck->u_s3);
+	}
+	if (c->inbound_queue_url) {
+		memset(&qc, 0, sizeof(qc));
+		qc.queue_url = c->inbound_queue_url;
+		/* as the forwarder: an AWS queue URL names its region, a test server's not */
+		if (strstr(c->inbound_queue_url, ".amazonaws.com") == NULL)
+			qc.region = c->inbound_region;
+		qc.timeout_ms = SES_CALL_TIMEOUT_MS;
+		if ((ck->sqs = sqs_new(ck->base, ck->http, ck->creds, &qc, err, sizeof(err))) ==
+		    NULL) {
+			printable(err);
+			say(ck->u_sqs, SEV_FAIL,
+			    xstrdup("correct [inbound] queue_url (https://sqs.REGION.amazonaws.com/"
+			            "ACCOUNT/NAME), or region for a queue URL without one"),
+			    "inbound: %s", err);
+			unit_done(ck->u_sqs);
+		}
 	}
 	ck->rpending = 1; /* until every lookup is asked */
 	for (rd = ck->rdomains; rd; rd = rd->next)
@@ -2392,6 +2698,7 @@ static void on_creds(void *arg, int ok, const char *err)
 	    ses_creds_source(ck->creds), cr ? cr->access_key_id : "????", when);
 	unit_done(ck->u_creds);
 	inbound_start_s3(ck);
+	inbound_start_sqs(ck);
 	if (ck->base_url == NULL) {
 		ses_abort(ck, "not checked: no SES region");
 		return;
@@ -2606,6 +2913,7 @@ static void check_free(struct check *ck)
 		free(rd);
 	}
 	s3_free(ck->s3); /* before the credentials and HTTP client it uses */
+	sqs_free(ck->sqs);
 	free(ck->s3_key);
 	for (u = ck->units; u; u = un) {
 		un = u->next;
@@ -2641,6 +2949,8 @@ static void check_start(struct check *ck)
 	}
 	if (ck->conf->inbound_bucket) {
 		ck->u_s3 = unit_new(ck);
+		if (ck->conf->inbound_queue_url)
+			ck->u_sqs = unit_new(ck);
 		ck->u_mx = unit_new(ck);
 	}
 	ck->http = ses_http_new(ck->base, ck->conf->ca_file, 2);

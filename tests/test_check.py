@@ -6,6 +6,7 @@ names, word for word.  DNS comes from dnsmasq (tests/lib/localdns.py) through
 SESRELAY_DNS_SERVER; SES from tests/lib/fake_ses.py, which checks every
 signature with botocore.  Every process is bounded in time and stopped by PID.
 """
+import json
 import os
 import re
 import socket
@@ -21,6 +22,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), "lib"))
 import localdns  # noqa: E402
 from fake_ses import (ACCESS_DENIED, DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY,  # noqa: E402
                       THROTTLED_429, FakeSES)
+from fake_sqs import ACCESS_DENIED as SQS_ACCESS_DENIED  # noqa: E402
+from fake_sqs import CLOSE as SQS_CLOSE  # noqa: E402
+from fake_sqs import FakeSQS  # noqa: E402
 from relayharness import ASAN, BIN  # noqa: E402
 from s3rver import S3rver  # noqa: E402
 
@@ -1096,3 +1100,235 @@ def test_inbound_without_credentials(env, refusing):
     res.expect("FAIL", WHERE_MAIL + "not checked: no AWS credentials")
     res.expect("ok", "inbound: DNS example.com: MX 10 " + IN_MX)   # DNS needs none
     assert s3.requests == []
+
+
+# --------------------------------------------------------------------------
+# [inbound] queue_url: the SQS queue of SES's receipt notifications (fake_sqs,
+# which checks every signature), beside the bucket (s3rver), one credentials
+# chain for both
+# --------------------------------------------------------------------------
+
+QUEUE = "ses-inbound"
+QUEUE_ARN = "arn:aws:sqs:us-east-1:000000000000:" + QUEUE
+S3_OK = [
+    "ok    inbound: s3://inbound/mail/ can be listed (s3:ListBucket)",
+    "ok    inbound: s3://inbound/mail/ objects can be read (s3:GetObject)",
+    "ok    inbound: s3://inbound/mail/ objects can be deleted (s3:DeleteObject)",
+    "ok    inbound: s3://inbound/held/ can be written (s3:PutObject, for failed_verdict = hold)",
+]
+
+
+@pytest.fixture
+def queue():
+    q = FakeSQS(access_key=S3rver.ACCESS_KEY, secret_key=S3rver.SECRET_KEY).start()
+    q.url = q.create_queue(QUEUE, visibility_timeout=30)
+    yield q
+    try:
+        assert not q.sig_failures, q.sig_failures
+    finally:
+        q.stop()
+
+
+def use_queue(env, s3_endpoint, url):
+    use_s3rver_keys(env)
+    use_inbound(env, s3_endpoint, extra="queue_url = " + url)
+
+
+def ses_notification(key, recipients, bucket=BUCKET):
+    """What SES publishes for a message its S3 action stored, as SNS delivers
+    it to an SQS queue (as tests/test_inbound.py builds it)."""
+    inner = {
+        "notificationType": "Received",
+        "mail": {"timestamp": "2026-11-28T10:00:00.000Z", "source": "bob@sender.test",
+                 "messageId": key.rsplit("/", 1)[-1], "destination": recipients,
+                 "headersTruncated": False},
+        "receipt": {"timestamp": "2026-11-28T10:00:00.000Z", "processingTimeMillis": 300,
+                    "recipients": recipients, "spamVerdict": {"status": "PASS"},
+                    "virusVerdict": {"status": "PASS"}, "spfVerdict": {"status": "PASS"},
+                    "dkimVerdict": {"status": "PASS"}, "dmarcVerdict": {"status": "PASS"},
+                    "action": {"type": "S3", "topicArn": "arn:aws:sns:us-east-1:1:ses-in",
+                               "bucketName": bucket, "objectKeyPrefix": "mail/",
+                               "objectKey": key}},
+    }
+    return json.dumps({"Type": "Notification", "MessageId": "5d5e-1",
+                       "TopicArn": "arn:aws:sns:us-east-1:1:ses-in",
+                       "Subject": "Amazon SES Email Receipt Notification",
+                       "Message": json.dumps(inner), "Timestamp": "2026-11-28T10:00:00.100Z",
+                       "SignatureVersion": "1", "Signature": "c2ln"})
+
+
+def s3_event_notification(key):
+    """What S3 itself sends for a new object: not what the forwarder reads."""
+    return json.dumps({"Records": [{
+        "eventVersion": "2.1", "eventSource": "aws:s3", "awsRegion": "us-east-1",
+        "eventTime": "2026-11-28T10:00:00.000Z", "eventName": "ObjectCreated:Put",
+        "s3": {"s3SchemaVersion": "1.0", "configurationId": "new-mail",
+               "bucket": {"name": BUCKET, "arn": "arn:aws:s3:::" + BUCKET},
+               "object": {"key": key, "size": 1024}}}]})
+
+
+def sqs_ops(queue):
+    """(op, code) of every request the fake answered, once both are in."""
+    deadline = time.monotonic() + 5
+    while any(r["status"] is None for r in queue.requests) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    return [(r["op"], r["code"]) for r in queue.requests]
+
+
+def test_inbound_queue_empty(env, bucket, queue):
+    use_queue(env, bucket.endpoint, queue.url)
+    res = run_s3rver(env)
+    assert res.rc == 0, res
+    assert all(l.startswith("ok    ") for l in res.lines), res
+    inbound = [l for l in res.lines if l[6:].startswith("inbound: ")]
+    assert inbound == S3_OK + [
+        "ok    inbound: SQS %s can be read (sqs:ReceiveMessage), empty now" % queue.url,
+        "ok    inbound: SQS %s messages can be deleted (sqs:DeleteMessage)" % queue.url,
+        "ok    inbound: DNS example.com: MX 10 %s" % IN_MX,
+    ], res
+    # the delete was of a handle SQS never issued, which it says is not one
+    assert sqs_ops(queue) == [("ReceiveMessage", None),
+                              ("DeleteMessage", "ReceiptHandleIsInvalid")], queue.requests
+
+
+def test_inbound_queue_waiting_notification_is_left_in_place(env, bucket, queue):
+    msg_id = queue.send(ses_notification("mail/abc123", ["me@example.com"]), queue=QUEUE)
+    use_queue(env, bucket.endpoint, queue.url)
+    res = run_s3rver(env)
+    assert res.rc == 0, res
+    assert all(l.startswith("ok    ") for l in res.lines), res
+    res.expect("ok", "inbound: SQS %s can be read (sqs:ReceiveMessage), a message is "
+               "waiting now" % queue.url)
+    res.expect("ok", "inbound: SQS %s: the waiting message %s is an SES receipt notification "
+               "for s3://inbound/mail/abc123" % (queue.url, msg_id))
+    # visibility 0: received once, visible again at once, never deleted
+    [(mid, _, count, visible)] = queue.messages(QUEUE)
+    assert (mid, count, visible) == (msg_id, 1, True), queue.messages(QUEUE)
+    assert queue.deleted(QUEUE) == []
+    # the body names its sender and recipients: never printed
+    assert "me@example.com" not in res.out and "bob@sender.test" not in res.out, res
+
+
+@pytest.mark.parametrize("body,text,fix", [
+    (s3_event_notification("mail/abc123"),
+     "is not a readable SES receipt notification (an S3 event notification, not SES's)",
+     "subscribe the queue to the SNS topic of the receipt rule's S3 action, not to the "
+     "bucket's event notifications"),
+    (ses_notification("mail/abc123", ["me@example.com"], bucket="another-relay"),
+     "is an SES receipt notification for s3://another-relay/, not this bucket",
+     "give this relay a queue of its own, subscribed to the topic of the receipt rule that "
+     "stores in s3://inbound/ (the forwarder deletes notifications for other buckets)"),
+])
+def test_inbound_queue_waiting_message_from_elsewhere_warns(env, bucket, queue, body, text,
+                                                             fix):
+    msg_id = queue.send(body, queue=QUEUE)
+    use_queue(env, bucket.endpoint, queue.url)
+    res = run_s3rver(env)
+    only_problem(res, "warn", "inbound: SQS %s: the waiting message %s %s"
+                 % (queue.url, msg_id, text), fix)
+    res.expect("ok", "inbound: SQS %s can be read (sqs:ReceiveMessage), a message is "
+               "waiting now" % queue.url)
+    res.expect("ok", "inbound: SQS %s messages can be deleted (sqs:DeleteMessage)" % queue.url)
+    assert [m[0] for m in queue.messages(QUEUE)] == [msg_id]
+
+
+def test_inbound_queue_does_not_exist(env, bucket, queue):
+    url = queue.queue_url("no-such-queue")
+    use_queue(env, bucket.endpoint, url)
+    res = run_s3rver(env)
+    line = only_problem(res, "FAIL", "inbound: SQS %s: ReceiveMessage %s: 400 QueueDoesNotExist: "
+                        "The specified queue does not exist." % (url, url),
+                        "check queue_url (account, name and region)")
+    assert line.count("check queue_url") == 1, line     # SQS's hint is the fix, once
+    # the delete would only say the same
+    assert sqs_ops(queue) == [("ReceiveMessage", "QueueDoesNotExist")], queue.requests
+    assert not [l for l in res.lines if "sqs:DeleteMessage" in l], res
+
+
+def test_inbound_queue_receive_denied(env, bucket, queue):
+    queue.fail_next(SQS_ACCESS_DENIED, op="ReceiveMessage")
+    use_queue(env, bucket.endpoint, queue.url)
+    res = run_s3rver(env)
+    assert res.rc == 1, res
+    line = res.expect("FAIL", "inbound: SQS %s: ReceiveMessage %s: 403 " % (queue.url, queue.url),
+                      "allow sqs:ReceiveMessage on " + QUEUE_ARN)
+    # the fix names the one action; SQS's catch-all hint is left out
+    assert "sqs:ReceiveMessage and sqs:DeleteMessage" not in line, line
+    # a refusal says nothing about the delete, which is asked all the same
+    res.expect("ok", "inbound: SQS %s messages can be deleted (sqs:DeleteMessage)" % queue.url)
+    assert len(res.with_status("FAIL")) == 1 and not res.with_status("warn"), res
+    assert [op for op, _ in sqs_ops(queue)] == ["ReceiveMessage", "DeleteMessage"]
+
+
+def test_inbound_queue_delete_denied(env, bucket, queue):
+    queue.fail_next(SQS_ACCESS_DENIED, op="DeleteMessage")
+    use_queue(env, bucket.endpoint, queue.url)
+    res = run_s3rver(env)
+    line = only_problem(res, "FAIL", "inbound: SQS %s: DeleteMessage %s handle=AQEBsesrelay-"
+                        % (queue.url, queue.url),
+                        "allow sqs:DeleteMessage on " + QUEUE_ARN)
+    assert " 403 " in line, line
+    res.expect("ok", "inbound: SQS %s can be read (sqs:ReceiveMessage), empty now" % queue.url)
+
+
+def test_inbound_queue_makes_listing_optional(env, refusing, queue):
+    """The forwarder follows the notifications and never lists: a refused
+    s3:ListBucket is a warning, as is what it leaves unknown."""
+    s3 = refusing(deny={"list", "get", "copy"})
+    use_queue(env, s3.endpoint, queue.url)
+    res = run_s3rver(env)
+    assert res.rc == 0, res
+    res.expect("warn", WHERE_MAIL + "listing is only used without queue_url: ListObjectsV2 "
+               "s3://inbound/mail/: 403 AccessDenied: Access Denied",
+               "none while queue_url is set; to poll without it, allow s3:ListBucket on "
+               "arn:aws:s3:::inbound")
+    res.expect("warn", WHERE_MAIL + "s3:GetObject unknown (without s3:ListBucket, S3 answers "
+               "AccessDenied for a missing key)")
+    res.expect("warn", "inbound: s3://inbound/held/: s3:PutObject unknown")
+    res.expect("ok", "inbound: s3://inbound/mail/ objects can be deleted (s3:DeleteObject)")
+    res.expect("ok", "inbound: SQS %s can be read (sqs:ReceiveMessage)" % queue.url)
+    assert len(res.with_status("warn")) == 3, res
+    # GetObject and DeleteObject stay required
+    s3 = refusing(deny={"list", "delete"})
+    use_queue(env, s3.endpoint, queue.url)
+    res = run_s3rver(env)
+    assert res.rc == 1, res
+    res.expect("warn", WHERE_MAIL + "listing is only used without queue_url: ListObjectsV2 ")
+    res.expect("FAIL", WHERE_MAIL + "DeleteObject s3://inbound/mail/.sesrelay-check-",
+               "allow s3:DeleteObject on arn:aws:s3:::inbound/mail/*")
+
+
+def test_inbound_queue_without_credentials(env, refusing, queue):
+    use_inbound(env, refusing().endpoint, extra="queue_url = " + queue.url)
+    res = env.run(env=NO_ENV_KEYS)
+    assert res.rc == 1, res
+    res.expect("FAIL", "inbound: SQS %s: not checked: no AWS credentials" % queue.url)
+    assert queue.requests == []
+
+
+def test_inbound_queue_unreachable(env, bucket, queue):
+    queue.fail_next(SQS_CLOSE, n=10)
+    use_queue(env, bucket.endpoint, queue.url)
+    res = run_s3rver(env)
+    assert res.seconds < 20, res
+    only_problem(res, "FAIL", "inbound: SQS %s: ReceiveMessage %s: no answer from "
+                 % (queue.url, queue.url), "make sure this host reaches SQS over HTTP(S) "
+                 "(firewall, proxy, [inbound] queue_url)")
+    assert not [l for l in res.lines if "sqs:DeleteMessage" in l], res
+
+
+def test_inbound_queue_hanging_is_cut_off_by_the_bound(env, bucket):
+    """A queue endpoint that takes the connection and never answers."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(8)
+    try:
+        url = "http://127.0.0.1:%d/000000000000/%s" % (s.getsockname()[1], QUEUE)
+        use_queue(env, bucket.endpoint, url)
+        env.env["SESRELAY_CHECK_TIMEOUT"] = "3"
+        res = run_s3rver(env, timeout=30)
+    finally:
+        s.close()
+    assert res.rc == 1, res
+    assert 2.5 < res.seconds < 10, res
+    only_problem(res, "FAIL", "inbound: SQS %s: timed out (no answer within 3 s)" % url, None)
