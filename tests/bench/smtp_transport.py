@@ -370,6 +370,13 @@ def run_postfix(tmp, n, size, conc, latency, quiet):
             "warnings": pf.log_problems()[:5]}
 
 
+def steady(r):
+    """Messages per second once delivering: the time to the first message
+    reaching the sink left out (for sesrelay that is its own start-up)."""
+    busy = r["wall_s"] - r["startup_s"]
+    return r["messages"] / busy if busy > 0 else 0.0
+
+
 def mb(kb):
     return f"{kb / 1024:.1f} MB" if kb else "-"
 
@@ -379,11 +386,13 @@ def report(header, rs, latency, elapsed):
     L.append(f"SMTP TRANSPORT DELIVERY (sink answers each message's end of data after "
              f"{1000 * latency:.0f} ms; no TLS; queued before delivery starts)")
     L.append(f"{'server':<9} {'conc':>4} {'msgs':>5} {'wall s':>6} {'msg/s':>6} {'ceiling':>7} "
-             f"{'%ceil':>5} {'cpu s':>6} {'ms/msg':>6} {'sink cpu':>8} {'conns':>5} "
+             f"{'%ceil':>5} {'start':>5} {'steady':>6} {'%ceil':>5} "
+             f"{'cpu s':>6} {'ms/msg':>6} {'sink cpu':>8} {'conns':>5} "
              f"{'busy':>4} {'peak PSS':>9} {'peak RSS':>9} {'procs':>5}")
     for r in rs:
         L.append(f"{r['server']:<9} {r['concurrency']:>4} {r['messages']:>5} {r['wall_s']:>6.2f} "
                  f"{r['rate']:>6.0f} {r['ceiling']:>7.0f} {100 * r['rate'] / r['ceiling']:>4.0f}% "
+                 f"{r['startup_s']:>5.2f} {steady(r):>6.0f} {100 * steady(r) / r['ceiling']:>4.0f}% "
                  f"{r['cpu_s']:>6.2f} {1000 * r['cpu_s'] / r['messages']:>6.3f} "
                  f"{r['sink_cpu_s']:>8.2f} {r['sink_conns']:>5} {100 * r['sys_busy']:>3.0f}% "
                  f"{mb(r['pss_kb']):>9} {mb(r['rss_kb']):>9} {r['processes'] or '-':>5}")
@@ -393,7 +402,11 @@ def report(header, rs, latency, elapsed):
         for w in r.get("warnings") or []:
             L.append(f"  postfix log: {w}")
     L.append("  wall: sesrelay from its start, Postfix from `postsuper -H ALL; postqueue -f`, to "
-             "the sink's last answer.  cpu: server")
+             "the sink's last answer.  start: from there")
+    L.append("  to the first message reaching the sink (sesrelay: process start, spool recovery, "
+             "connecting; Postfix's processes")
+    L.append("  already run).  steady: msgs / (wall - start), the rate once delivering.  cpu: "
+             "server")
     L.append("  (Postfix: all its processes); conns: connections the sink saw (incl. the bench's "
              "status polls); busy: all CPUs.")
     L.append("  peak RSS: sesrelay VmHWM; Postfix: sum of VmRSS over its processes (shared pages "
@@ -405,8 +418,12 @@ def report(header, rs, latency, elapsed):
     if sr and pf:
         L.append(f"  ratio sesrelay/postfix msg/s at 20: {sr['rate'] / pf['rate']:.2f}x")
         ok = sr["rate"] >= 0.95 * sr["ceiling"]
-        L.append(f"  >= 95% of {sr['ceiling']:.0f} msg/s at 20: {100 * sr['rate'] / sr['ceiling']:.1f}%"
-                 f"  {'MET' if ok else 'NOT MET'}")
+        L.append(f"  >= 95% of {sr['ceiling']:.0f} msg/s at 20, from sesrelay's start: "
+                 f"{100 * sr['rate'] / sr['ceiling']:.1f}%  {'MET' if ok else 'NOT MET'}")
+        ok = steady(sr) >= 0.95 * sr["ceiling"]
+        L.append(f"  >= 95% of {sr['ceiling']:.0f} msg/s at 20, once delivering (steady): "
+                 f"{100 * steady(sr) / sr['ceiling']:.1f}%  {'MET' if ok else 'NOT MET'} "
+                 f"(Postfix: {100 * steady(pf) / pf['ceiling']:.1f}%)")
         if sr["pss_kb"] and pf["pss_kb"]:
             ok = sr["pss_kb"] * 5 <= pf["pss_kb"]
             L.append(f"  <= 1/5 of Postfix's PSS: {mb(sr['pss_kb'])} vs {mb(pf['pss_kb'])} = "
@@ -414,7 +431,8 @@ def report(header, rs, latency, elapsed):
     s64 = next((r for r in rs if r["server"] == "sesrelay" and r["concurrency"] != 20), None)
     if s64:
         L.append(f"  scaling: concurrency {s64['concurrency']}: {s64['rate']:.0f} msg/s = "
-                 f"{100 * s64['rate'] / s64['ceiling']:.1f}% of {s64['ceiling']:.0f} "
+                 f"{100 * s64['rate'] / s64['ceiling']:.1f}% of {s64['ceiling']:.0f}, steady "
+                 f"{100 * steady(s64) / s64['ceiling']:.1f}% "
                  f"(sesrelay cpu {100 * s64['cpu_s'] / s64['wall_s']:.0f}% of a core, machine "
                  f"{100 * s64['sys_busy']:.0f}% busy)")
     L.append("")
