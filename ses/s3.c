@@ -608,30 +608,6 @@ static int bucket_vhost_ok(const char *b)
 	return 1;
 }
 
-/* "http(s)://host[:port]" (trailing '/' allowed, nothing else after the authority). */
-static int parse_endpoint(const char *ep, char **base_url, char **host)
-{
-	size_t len = strlen(ep), skip, i;
-
-	while (len && ep[len - 1] == '/')
-		len--;
-	if (strncasecmp(ep, "https://", 8) == 0)
-		skip = 8;
-	else if (strncasecmp(ep, "http://", 7) == 0)
-		skip = 7;
-	else
-		return -1;
-	if (len <= skip)
-		return -1;
-	for (i = skip; i < len; i++)
-		if (strchr("/?#@ ", ep[i]) || (unsigned char)ep[i] < 0x21 ||
-		    (unsigned char)ep[i] >= 0x7f)
-			return -1;
-	*base_url = xstrndup(ep, len);
-	*host = xstrndup(ep + skip, len - skip);
-	return 0;
-}
-
 struct s3 *s3_new(struct event_base *base, struct ses_http *http, struct ses_creds *creds,
                   const struct s3_config *cfg, char *err, size_t errlen)
 {
@@ -666,7 +642,7 @@ struct s3 *s3_new(struct event_base *base, struct ses_http *http, struct ses_cre
 			def = xasprintf("https://s3.%s.amazonaws.com", cfg->region);
 		s->path_prefix = xasprintf("/%s", cfg->bucket);
 	}
-	if (parse_endpoint(def ? def : ep, &s->base_url, &s->host) == -1) {
+	if (ses_api_parse_endpoint(def ? def : ep, &s->base_url, &s->host) == -1) {
 		err_set(err, errlen, "S3 endpoint \"%s\" is not http(s)://host[:port]",
 		        def ? def : ep);
 		free(def);

@@ -1558,7 +1558,12 @@ static void on_data(struct session *s, const struct smtp_client_reply *r)
 	char line[DELIVERY_TEXT_MAX];
 
 	if (j->aborting) {
-		if (r->code == 354) {
+		if (r->code == 354 && j->naccepted > 0) {
+			/* the transaction failed (RSET or MAIL refused) but the
+			 * server took recipients and DATA: no way to abort data but
+			 * to drop the connection, so nobody gets a half message */
+			session_fail(s, DELIVERY_DEFER, j->fail_text);
+		} else if (r->code == 354) {
 			/* a server that takes DATA with no recipient: an empty
 			 * message to nobody ends it (RFC 2920 section 3.1) */
 			send_line(s, ".");
