@@ -388,6 +388,11 @@ static void refused(struct ses_identity *id)
 
 /* --- lookups ------------------------------------------------------------------ */
 
+int ses_identity_active(const struct ses_identity *id)
+{
+	return id != NULL && id->known;
+}
+
 int ses_identity_refuse_sender(struct ses_identity *id, const char *addr, char *why,
                                size_t whylen)
 {

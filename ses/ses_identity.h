@@ -44,6 +44,8 @@ void ses_identity_refresh(struct ses_identity *id);
  */
 int ses_identity_refuse_sender(struct ses_identity *id, const char *addr, char *why,
                                size_t whylen);
+/* 1 when the identities are known (something could be refused now). */
+int ses_identity_active(const struct ses_identity *id);
 /* 1 when the account is in the sandbox and addr is not a verified identity
  * (nor in a verified domain, nor SES's mailbox simulator). */
 int ses_identity_refuse_rcpt(struct ses_identity *id, const char *addr, char *why,

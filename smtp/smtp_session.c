@@ -951,8 +951,9 @@ static const char *check_from_header(struct smtp_session *s)
 	const char *p, *why;
 	int found = 0, in_angle = 0, depth;
 
-	if (s->data->has_from != 1 && s->user == NULL)
-		return NULL;
+	if (s->user == NULL &&
+	    (s->data->has_from != 1 || !ses_identity_active(smtp_server_identity(s->srv))))
+		return NULL; /* nothing to check for this client */
 	if (s->data->has_from != 1)
 		return s->data->has_from == 0 ? "550 5.7.1 Message refused: no From: header"
 					      : "550 5.7.1 Message refused: more than one From: header";
